@@ -1,0 +1,1 @@
+"""Producer-side queue service and the Flask admin app."""

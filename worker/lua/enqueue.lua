@@ -1,0 +1,58 @@
+-- Enqueue one or more jobs atomically.
+-- KEYS: waiting, delayed, seq, wake, active, then per job: job hash, idempotency key
+-- ARGV: idem_ttl, then per job 6 values: id, message, priority, eta_ms (0 = now), task, has_idem
+-- Returns per job: {created (1/0), job id}. A job already leased (a Huey retry of the
+-- running job) is moved out of the active set in the same step, so it cannot be lost
+-- between its failure and its requeue.
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local idem_ttl = tonumber(ARGV[1])
+local out = {}
+local woken = 0
+local n = (#KEYS - 5) / 2
+for i = 0, n - 1 do
+  local job = KEYS[6 + i * 2]
+  local idem = KEYS[7 + i * 2]
+  local a = 2 + i * 6
+  local id, msg, prio, eta, task, has_idem =
+    ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5]
+  local existing = false
+  if has_idem == '1' then
+    existing = redis.call('GET', idem)
+  end
+  if existing then
+    out[#out + 1] = 0
+    out[#out + 1] = existing
+  else
+    if has_idem == '1' then
+      redis.call('SET', idem, id, 'EX', idem_ttl)
+    end
+    local state = redis.call('HGET', job, 'state')
+    if state == 'active' then
+      redis.call('ZREM', KEYS[5], id)
+      redis.call('HDEL', job, 'lease', 'consumer')
+    elseif not state then
+      redis.call('HSET', job, 'enq', now, 'task', task)
+    end
+    redis.call('HSET', job, 'msg', msg, 'prio', prio)
+    if eta > now then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZADD', KEYS[2], eta, id)
+      redis.call('HSET', job, 'state', 'delayed', 'eta', eta)
+    else
+      local score = (10 - prio) * 100000000000000 + redis.call('INCR', KEYS[3])
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZADD', KEYS[1], score, id)
+      redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'score', score)
+      woken = woken + 1
+    end
+    out[#out + 1] = 1
+    out[#out + 1] = id
+  end
+end
+if woken > 0 then
+  -- One wake token per job, capped: idle consumers block on this list instead of polling.
+  for _ = 1, math.min(woken, 64) do redis.call('RPUSH', KEYS[4], 1) end
+  redis.call('LTRIM', KEYS[4], -256, -1)
+end
+return out

@@ -1,0 +1,27 @@
+-- Move delayed jobs to the waiting set: all that are due (ARGV[3] == '') or the given ids
+-- ("run now"), at their own priority, behind the jobs already waiting at that priority.
+-- KEYS: delayed, waiting, seq, wake
+-- ARGV: limit, job key prefix, ids...
+-- Returns the number promoted.
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local ids
+if #ARGV > 2 then
+  ids = {}
+  for i = 3, #ARGV do
+    if redis.call('ZSCORE', KEYS[1], ARGV[i]) then ids[#ids + 1] = ARGV[i] end
+  end
+else
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+end
+for _, id in ipairs(ids) do
+  local job = ARGV[2] .. id
+  local prio = tonumber(redis.call('HGET', job, 'prio') or '3')
+  local score = (10 - prio) * 100000000000000 + redis.call('INCR', KEYS[3])
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], score, id)
+  redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'score', score)
+  redis.call('RPUSH', KEYS[4], 1)
+end
+if #ids > 0 then redis.call('LTRIM', KEYS[4], -256, -1) end
+return #ids

@@ -1,0 +1,17 @@
+-- Extend the leases this consumer still holds.
+-- KEYS: active
+-- ARGV: lease_ms, job key prefix, then pairs of (id, lease)
+-- Returns the ids whose lease was lost (reaped and given to another consumer).
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local deadline = now + tonumber(ARGV[1])
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local id, lease = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', ARGV[2] .. id, 'lease') == lease then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

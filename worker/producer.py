@@ -1,0 +1,154 @@
+"""Enqueueing jobs: validation first, then one Redis round trip.
+
+Every argument is checked before Redis is touched, and a bad one raises `JobError` whose
+message names the argument. Handlers that enqueue follow-up jobs use this module too
+(`worker` never imports `app`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+
+from worker.hueys import get_huey
+from worker.messages import dumps
+from worker.queues import Priority, check_queue
+from worker.registry import get_spec, load_task_modules
+from worker.settings import Settings, get_settings
+
+MAX_PAST_SCHEDULE = dt.timedelta(days=1)
+MAX_DELAY = dt.timedelta(days=366)
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+class JobError(ValueError):
+    """A job request is invalid; `field` names the offending argument."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    queue: str
+    task: str
+    payload: dict
+    priority: int | str | None = None
+    delay: float | None = None
+    scheduled_at: dt.datetime | str | None = None
+    idempotency_key: str | None = None
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EnqueuedJob:
+    id: str
+    queue: str
+    task: str
+    created: bool  # False: the idempotency key was seen before; `id` is the first job's
+
+
+def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+    """Returns (queue, task, payload, priority, eta) or raises JobError."""
+    try:
+        check_queue(req.queue)
+    except ValueError as exc:
+        raise JobError("queue", str(exc)) from None
+    try:
+        spec = get_spec(req.queue, req.task)
+    except ValueError as exc:
+        raise JobError("task", str(exc)) from None
+    if spec.periodic:
+        raise JobError("task", f"{req.task!r} is periodic and runs on its schedule only")
+    if not isinstance(req.payload, dict):
+        raise JobError("payload", f"must be a JSON object, got {type(req.payload).__name__}")
+    try:
+        encoded = json.dumps(req.payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise JobError("payload", f"is not JSON data ({exc})") from None
+    if len(encoded.encode()) > max_payload_bytes:
+        raise JobError("payload", f"is {len(encoded.encode())} bytes; the limit is "
+                                  f"{max_payload_bytes}")
+    try:
+        priority = spec.priority if req.priority is None else Priority.parse(req.priority)
+    except ValueError as exc:
+        raise JobError("priority", str(exc)) from None
+    eta = _resolve_eta(req.delay, req.scheduled_at)
+    if req.idempotency_key is not None:
+        key = req.idempotency_key
+        if not isinstance(key, str) or not 1 <= len(key) <= 200 or not key.isprintable():
+            raise JobError("idempotency_key", "must be 1..200 printable characters")
+    return req.queue, req.task, json.loads(encoded), priority, eta
+
+
+def _resolve_eta(delay, scheduled_at):
+    if delay is not None and scheduled_at is not None:
+        raise JobError("delay", "give either delay or scheduled_at, not both")
+    now = dt.datetime.now(dt.UTC)
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(
+                delay) or delay < 0:
+            raise JobError("delay", f"must be a number of seconds >= 0, got {delay!r}")
+        if delay > MAX_DELAY.total_seconds():
+            raise JobError("delay", "must be at most one year")
+        return None if delay == 0 else (now + dt.timedelta(seconds=delay)).replace(tzinfo=None)
+    if scheduled_at is None:
+        return None
+    if isinstance(scheduled_at, str):
+        try:
+            scheduled_at = dt.datetime.fromisoformat(scheduled_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise JobError("scheduled_at", "must be an ISO 8601 time with a UTC offset, "
+                                           "e.g. 2026-01-31T09:00:00Z") from None
+    if not isinstance(scheduled_at, dt.datetime):
+        raise JobError("scheduled_at", "must be a datetime or an ISO 8601 string")
+    if scheduled_at.tzinfo is None:
+        raise JobError("scheduled_at", "must be timezone-aware (naive times are ambiguous)")
+    if scheduled_at < now - MAX_PAST_SCHEDULE:
+        raise JobError("scheduled_at", "is more than a day in the past")
+    if scheduled_at > now + MAX_DELAY:
+        raise JobError("scheduled_at", "is more than a year ahead")
+    return scheduled_at.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def enqueue(queue: str, task: str, payload: dict, *, priority=None, delay=None,
+            scheduled_at=None, idempotency_key=None, settings: Settings | None = None,
+            max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> EnqueuedJob:
+    """Enqueue one job; see `enqueue_many`."""
+    return enqueue_many([JobRequest(queue, task, payload, priority, delay, scheduled_at,
+                                    idempotency_key)], settings=settings,
+                        max_payload_bytes=max_payload_bytes)[0]
+
+
+def enqueue_many(requests: list[JobRequest], *, settings: Settings | None = None,
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 chunk_size: int = 500) -> list[EnqueuedJob]:
+    """Validate every request, then enqueue them with one Lua call per queue and chunk,
+    pipelined. Nothing is enqueued if any request is invalid."""
+    settings = settings or get_settings()
+    load_task_modules(settings.task_modules)
+    checked = [validate(r, max_payload_bytes) for r in requests]
+    by_queue: dict[str, list[int]] = {}
+    for index, (queue, *_rest) in enumerate(checked):
+        by_queue.setdefault(queue, []).append(index)
+    results: list[EnqueuedJob | None] = [None] * len(requests)
+    for queue, indexes in by_queue.items():
+        huey = get_huey(queue, settings)
+        calls = []
+        for start in range(0, len(indexes), chunk_size):
+            chunk = indexes[start:start + chunk_size]
+            tasks = [huey.make_task(checked[i][1], checked[i][2], checked[i][3], checked[i][4],
+                                    requests[i].job_id) for i in chunk]
+            calls.append((chunk, tasks, [requests[i].idempotency_key for i in chunk]))
+        for chunk, tasks, keys in calls:
+            for i, (created, job_id) in zip(chunk, huey.enqueue_tasks(tasks, keys), strict=True):
+                results[i] = EnqueuedJob(job_id, queue, checked[i][1], created)
+    return results  # type: ignore[return-value]
+
+
+__all__ = ["EnqueuedJob", "JobError", "JobRequest", "dumps", "enqueue", "enqueue_many",
+           "validate"]

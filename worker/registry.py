@@ -1,0 +1,99 @@
+"""Task declarations, independent of any Huey instance.
+
+Handlers are declared at import time with `@task(...)`/`@periodic_task(...)`; the Huey
+instance of each queue is built lazily (after settings are validated) and registers the
+declared tasks then. Producers refer to a task by its short name, so non-Python producers
+can name it too.
+
+A handler takes one argument, the JSON payload (a dict), and must be idempotent: the queue
+delivers at least once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker.queues import Priority, check_queue
+
+BUILTIN_TASK_MODULES = ("worker.tasks.builtin",)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    queue: str
+    name: str
+    func: Callable
+    retries: int = 0
+    retry_delay: float = 1.0  # first backoff step; doubles per attempt, with jitter
+    retry_max_delay: float = 3600.0
+    priority: int = Priority.NORMAL
+    timeout: float | None = None
+    schedule: Callable | None = None  # huey crontab(...) for periodic tasks
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def periodic(self) -> bool:
+        return self.schedule is not None
+
+
+_SPECS: dict[tuple[str, str], TaskSpec] = {}
+_ALL_QUEUES = object()
+
+
+def _register(spec: TaskSpec) -> None:
+    key = (spec.queue, spec.name)
+    existing = _SPECS.get(key)
+    if existing is not None and existing.func is not spec.func:
+        raise ValueError(f"task {spec.name!r} is already declared on queue {spec.queue!r}")
+    _SPECS[key] = spec
+
+
+def task(queue, *, name: str | None = None, retries: int = 0, retry_delay: float = 1.0,
+         retry_max_delay: float = 3600.0, priority: int = Priority.NORMAL,
+         timeout: float | None = None):
+    """Declare a handler on `queue` (a queue name, or a tuple of names)."""
+    queues = queue if isinstance(queue, tuple | list) else (queue,)
+
+    def decorator(func):
+        for q in queues:
+            _register(TaskSpec(check_queue(q), name or func.__name__, func, retries,
+                               retry_delay, retry_max_delay, Priority.parse(priority), timeout))
+        return func
+
+    return decorator
+
+
+def periodic_task(queue: str, schedule, *, name: str | None = None,
+                  priority: int = Priority.NORMAL, timeout: float | None = None):
+    """Declare a periodic handler; `schedule` is `huey.crontab(...)`. It fires once per
+    tick across the whole fleet (a Redis lock per tick), however many workers run."""
+
+    def decorator(func):
+        _register(TaskSpec(check_queue(queue), name or func.__name__, func, 0, 1.0, 3600.0,
+                           Priority.parse(priority), timeout, schedule))
+        return func
+
+    return decorator
+
+
+def load_task_modules(extra: str | list[str] = "") -> None:
+    """Import the modules that declare tasks (built-ins plus TASK_MODULES)."""
+    if isinstance(extra, str):
+        extra = [m.strip() for m in extra.split(",") if m.strip()]
+    for module in (*BUILTIN_TASK_MODULES, *extra):
+        importlib.import_module(module)
+
+
+def specs_for(queue: str) -> list[TaskSpec]:
+    return [spec for (q, _), spec in _SPECS.items() if q == queue]
+
+
+def get_spec(queue: str, name: str) -> TaskSpec:
+    check_queue(queue)
+    spec = _SPECS.get((queue, name))
+    if spec is None:
+        known = ", ".join(sorted(s.name for s in specs_for(queue))) or "none"
+        raise ValueError(f"unknown task {name!r} on queue {queue!r} (known: {known})")
+    return spec

@@ -1,0 +1,166 @@
+"""One typed settings object, read from the environment and an optional `.env` file.
+
+Every process (worker, admin app, CLI, producer) calls `get_settings()`; a bad or
+missing value raises `SettingsError`, whose message names the variable and the
+expected form and never echoes a secret's value.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.queues import QUEUE_NAMES
+
+SECRET_FIELDS = {"redis_password", "signing_secret", "admin_api_key", "admin_api_keys",
+                 "readonly_api_keys", "redis_url"}
+
+
+class SettingsError(Exception):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=os.environ.get("CLARITY_ENV_FILE", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,
+    )
+
+    # Redis: either REDIS_URL, or the parts.
+    redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db")
+    redis_host: str = "127.0.0.1"
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    redis_password: SecretStr | None = None
+    redis_db: int = Field(default=0, ge=0, le=15)
+    redis_socket_timeout: float = Field(default=5.0, gt=0)
+    redis_key_prefix: str = Field(default="clarity", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # Message signing (HMAC-SHA256). Shared by producers and workers.
+    signing_secret: SecretStr = Field(alias="JOB_SIGNING_SECRET")
+
+    # Worker runtime.
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
+    worker_queues: str = Field(default=",".join(QUEUE_NAMES))
+    worker_name: str = Field(default_factory=lambda: socket.gethostname())
+    worker_processes: bool = False
+    health_check_port: int = Field(default=0, ge=0, le=65535)
+    lease_seconds: float = Field(default=30.0, ge=0.5, le=3600)
+    max_deliveries: int = Field(default=5, ge=1, le=100)
+    shutdown_timeout: float = Field(default=60.0, ge=0)
+    task_modules: str = ""
+
+    # Admin API.
+    admin_api_key: SecretStr | None = None
+
+    # Logging.
+    log_level: str = Field(default="INFO")
+    state_dir: Path = Path(".state")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues(cls, value: str) -> str:
+        names = [q.strip() for q in value.split(",") if q.strip()]
+        unknown = [q for q in names if q not in QUEUE_NAMES]
+        if not names or unknown:
+            raise ValueError(
+                f"must be a comma-separated list of {', '.join(QUEUE_NAMES)}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        return ",".join(names)
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret_strength(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (generate one with "
+                             "`python3 -c 'import secrets; print(secrets.token_hex(32))'`)")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_url_form(self) -> Settings:
+        if self.redis_url is not None:
+            url = self.redis_url.get_secret_value()
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return self
+
+    @property
+    def queues(self) -> list[str]:
+        return self.worker_queues.split(",")
+
+    def redis_connection_url(self) -> str:
+        """The URL redis-py connects with; contains the password, so never log it."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        auth = ""
+        if self.redis_password is not None:
+            auth = ":" + quote(self.redis_password.get_secret_value(), safe="") + "@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def redis_display(self) -> str:
+        """Where Redis is, safe for logs."""
+        if self.redis_url is not None:
+            url = self.redis_url.get_secret_value()
+            if "@" in url:
+                scheme, rest = url.split("://", 1)
+                url = f"{scheme}://***@{rest.split('@', 1)[1]}"
+            return url
+        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def __repr_args__(self):
+        for name, value in super().__repr_args__():
+            if name in SECRET_FIELDS and value is not None:
+                yield name, "***"
+            else:
+                yield name, value
+
+
+def _env_name(field_name: str) -> str:
+    field = Settings.model_fields.get(field_name)
+    if field is not None and field.alias:
+        return field.alias
+    return field_name.upper()
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = error.get("loc") or ("settings",)
+        name = _env_name(str(loc[0])) if loc else "settings"
+        message = error.get("msg", "invalid value")
+        if error.get("type") == "missing":
+            message = "is required but not set"
+        lines.append(f"  {name}: {message}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()

@@ -1,0 +1,313 @@
+"""Reliable Redis storage for Huey: leases instead of destructive pops.
+
+Huey's own Redis storages pop a message (BRPOP / BZPOPMIN) and keep no record of it, so a
+worker killed mid-job loses the job. Here every job is a hash (`job:<id>`) and its state is
+the sorted set that holds its id:
+
+    waiting   score = (10 - priority) * 1e14 + sequence  -> ZPOPMIN gives priority, then FIFO
+    delayed   score = due time (ms)
+    active    score = lease deadline (ms); the job hash names the holder and the lease token
+    failed    score = last failure time (ms)
+
+Every transition is one Lua script (see worker/lua/), so a crash between two steps cannot
+lose or duplicate a job. Redis' own clock (TIME) scores leases, so hosts with skewed clocks
+agree on when a lease has expired.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from importlib import resources
+
+from huey.storage import PriorityRedisStorage
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.messages import peek_job
+from worker.queues import PRIORITY_BAND, Priority, QueueKeys
+
+IDEMPOTENCY_TTL = 7 * 24 * 3600
+PAUSED = object()
+
+
+def _script(name: str) -> str:
+    return resources.files("worker.lua").joinpath(f"{name}.lua").read_text()
+
+
+@dataclass
+class Lease:
+    """One leased job: the raw message and the token that proves we hold it."""
+
+    id: str
+    data: bytes
+    deliveries: int
+    ready_ms: int
+    enqueued_ms: int
+    consumer: str
+    started: bool = False
+
+    @property
+    def token(self) -> str:
+        return f"{self.consumer}/{self.deliveries}"
+
+
+@dataclass
+class Settlement:
+    op: str  # ack | requeue | unstart | fail
+    lease: Lease
+    reason: str = ""
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+    attempts: int = 0
+
+    def args(self) -> list:
+        return [self.op, self.lease.id, self.lease.token, self.reason, self.error_type,
+                self.error[:4000], self.traceback[-16000:], self.attempts, 0]
+
+
+class ReliableRedisStorage(PriorityRedisStorage):
+    """At-least-once Huey storage. `dequeue()` leases; `settle()` ends a lease."""
+
+    def __init__(self, name="huey", *, prefix="clarity", consumer_id=None, lease_seconds=30.0,
+                 max_deliveries=5, max_batch=16, **kwargs):
+        kwargs.setdefault("blocking", True)
+        kwargs.setdefault("read_timeout", 1)
+        super().__init__(name, clean_name=False, **kwargs)
+        self.keys = k = QueueKeys(prefix, name)
+        self.queue_key = k.waiting
+        self.schedule_key = k.delayed
+        self.result_key = k.results
+        self.counter_key = k.counters
+        self.notify_prefix = k.base + "notify:"
+        self.consumer_id = consumer_id or f"{uuid.uuid4().hex[:12]}"
+        self.lease_ms = int(lease_seconds * 1000)
+        self.max_deliveries = max_deliveries
+        self.max_batch = max_batch
+        self._batch = 1
+        self._buffer: deque[Lease] = deque()
+        self._held: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+        reg = self.conn.register_script
+        self._enqueue = reg(_script("enqueue"))
+        self._lease = reg(_script("lease"))
+        self._settle = reg(_script("settle"))
+        self._renew = reg(_script("renew"))
+        self._reap = reg(_script("reap"))
+        self._promote = reg(_script("promote"))
+        self._move_failed = reg(_script("move_failed"))
+        self._remove = reg(_script("remove"))
+
+    # -- enqueue -------------------------------------------------------------------------
+
+    def enqueue_jobs(self, jobs, idempotency_ttl=IDEMPOTENCY_TTL):
+        """Enqueue [(id, data, priority, eta_ms, task, idempotency_key|None)] in one call.
+        Returns [(created, job_id)]: with a known idempotency key, the first job's id."""
+        k = self.keys
+        keys = [k.waiting, k.delayed, k.seq, k.wake, k.active]
+        args = [idempotency_ttl]
+        for job_id, data, priority, eta_ms, task, idem in jobs:
+            job_key = k.job(job_id)
+            keys += [job_key, k.idem_prefix + idem if idem else job_key]
+            args += [job_id, data, int(priority), int(eta_ms or 0), task, "1" if idem else "0"]
+        flat = self._enqueue(keys=keys, args=args)
+        return [(bool(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def enqueue(self, data, priority=None):
+        job_id = peek_job(data).get("id") or uuid.uuid4().hex
+        self.enqueue_jobs([(job_id, data, priority or Priority.NORMAL, 0, "", None)])
+
+    # -- lease ---------------------------------------------------------------------------
+
+    def lease(self, block: bool = True):
+        """The next job as a `Lease`, `None` when there is none, or `PAUSED`.
+
+        When the last round trip filled its batch the queue is busy, and the next one leases
+        twice as many (up to max_batch); otherwise one at a time, so that a high-priority job
+        that arrives is not stuck behind a local batch of lower ones."""
+        with self._lock:
+            if self._buffer:
+                lease = self._buffer.popleft()
+                lease.started = True
+                return lease
+            count = self._batch
+        result = self._lease(keys=[self.keys.waiting, self.keys.active, self.keys.paused],
+                             args=[count, self.lease_ms, self.consumer_id, self.keys.job_prefix])
+        if result and result[0] == -1:
+            return PAUSED
+        if not result:
+            self._batch = 1
+            if block:
+                self._wait_for_work()
+            return None
+        leases = [Lease(_text(result[i]), result[i + 1], int(result[i + 2]), int(result[i + 3]),
+                        int(result[i + 4]), self.consumer_id)
+                  for i in range(0, len(result), 5)]
+        with self._lock:
+            self._batch = min(self.max_batch, count * 2) if len(leases) == count else 1
+            for lease in leases:
+                self._held[lease.id] = lease
+            first, rest = leases[0], leases[1:]
+            self._buffer.extend(rest)
+        first.started = True
+        return first
+
+    def _wait_for_work(self):
+        # Idle: block on the wake list rather than polling. A token may be stale (another
+        # consumer took the job); then the next lease finds nothing and we block again.
+        try:
+            self.conn.blpop([self.keys.wake], timeout=self.read_timeout)
+        except RedisTimeoutError:
+            pass
+
+    def dequeue(self):
+        lease = self.lease(block=self.blocking)
+        if lease is None or lease is PAUSED:
+            return None
+        return lease.data
+
+    def held_leases(self) -> list[Lease]:
+        with self._lock:
+            return list(self._held.values())
+
+    def settle(self, settlements: list[Settlement]) -> int:
+        if not settlements:
+            return 0
+        args = [self.keys.job_prefix]
+        for s in settlements:
+            args += s.args()
+        with self._lock:
+            for s in settlements:
+                self._held.pop(s.lease.id, None)
+        k = self.keys
+        return self._settle(keys=[k.active, k.waiting, k.failed, k.wake], args=args)
+
+    def release_unstarted(self) -> int:
+        """Give back leased jobs that no worker started (graceful stop)."""
+        with self._lock:
+            pending = list(self._buffer)
+            self._buffer.clear()
+        return self.settle([Settlement("unstart", lease) for lease in pending])
+
+    def renew(self) -> list[str]:
+        """Extend every lease this process holds; returns ids whose lease was lost."""
+        held = self.held_leases()
+        if not held:
+            return []
+        args = [self.lease_ms, self.keys.job_prefix]
+        for lease in held:
+            args += [lease.id, lease.token]
+        lost = [_text(x) for x in self._renew(keys=[self.keys.active], args=args)]
+        if lost:
+            with self._lock:
+                for job_id in lost:
+                    self._held.pop(job_id, None)
+        return lost
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def reap(self, limit=1000) -> tuple[int, int]:
+        k = self.keys
+        requeued, abandoned = self._reap(keys=[k.active, k.waiting, k.failed, k.wake],
+                                         args=[self.max_deliveries, limit, k.job_prefix])
+        return int(requeued), int(abandoned)
+
+    def promote_due(self, limit=1000, ids=()) -> int:
+        k = self.keys
+        return int(self._promote(keys=[k.delayed, k.waiting, k.seq, k.wake],
+                                 args=[limit, k.job_prefix, *ids]))
+
+    def retry_failed(self, ids=(), limit=1000) -> int:
+        k = self.keys
+        return int(self._move_failed(keys=[k.failed, k.waiting, k.seq, k.wake],
+                                     args=[limit, k.job_prefix, *ids]))
+
+    def remove(self, state: str = "", ids=(), limit=1000) -> int:
+        k = self.keys
+        return int(self._remove(keys=[k.waiting, k.delayed, k.failed],
+                                args=[state, limit, k.job_prefix, *ids]))
+
+    # -- Huey's storage API, over our layout ---------------------------------------------
+
+    def add_to_schedule(self, data, ts):
+        job_id = peek_job(data).get("id") or uuid.uuid4().hex
+        eta_ms = max(int(self.convert_ts(ts) * 1000), 1)
+        self.enqueue_jobs([(job_id, data, Priority.NORMAL, eta_ms, "", None)])
+
+    def read_schedule(self, ts):
+        # Huey's contract: pop and return what is due. Our consumers never call this: they
+        # promote due jobs server-side (promote_due), which cannot drop a job mid-way.
+        due_ms = self.convert_ts(ts) * 1000
+        ids = self.conn.zrangebyscore(self.keys.delayed, "-inf", due_ms)
+        out = []
+        for job_id in ids:
+            job_id = _text(job_id)
+            pipe = self.conn.pipeline()
+            pipe.zrem(self.keys.delayed, job_id)
+            pipe.hget(self.keys.job(job_id), "msg")
+            pipe.delete(self.keys.job(job_id))
+            removed, data, _ = pipe.execute()
+            if removed and data is not None:
+                out.append(data)
+        return out
+
+    def _messages(self, zset, start, stop):
+        ids = self.conn.zrange(zset, start, stop)
+        if not ids:
+            return []
+        pipe = self.conn.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.keys.job(_text(job_id)), "msg")
+        return [m for m in pipe.execute() if m is not None]
+
+    def queue_size(self):
+        return self.conn.zcard(self.keys.waiting)
+
+    def enqueued_items(self, limit=None):
+        return self._messages(self.keys.waiting, 0, limit - 1 if limit else -1)
+
+    def flush_queue(self):
+        while self.remove("waiting", limit=1000):
+            pass
+
+    def schedule_size(self):
+        return self.conn.zcard(self.keys.delayed)
+
+    def scheduled_items(self, limit=None):
+        return self._messages(self.keys.delayed, 0, limit - 1 if limit else -1)
+
+    def flush_schedule(self):
+        while self.remove("delayed", limit=1000):
+            pass
+
+    def flush_all(self):
+        """Remove every job of this queue in every state (tests and `clear`); never KEYS."""
+        for state in ("waiting", "delayed", "failed"):
+            while self.remove(state, limit=1000):
+                pass
+        while True:
+            ids = self.conn.zrange(self.keys.active, 0, 999)
+            if not ids:
+                break
+            pipe = self.conn.pipeline()
+            for job_id in ids:
+                pipe.zrem(self.keys.active, job_id)
+                pipe.delete(self.keys.job(_text(job_id)))
+            pipe.execute()
+        self.conn.delete(self.keys.wake, self.keys.paused, self.keys.results,
+                         self.keys.counters, self.keys.seq)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def score_priority(score: float) -> int:
+    return 10 - int(score // PRIORITY_BAND)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
