@@ -7,11 +7,12 @@ import logging
 import random
 import threading
 
-import redis
 from huey import Huey
 from huey.api import Task
+from huey.exceptions import HueyException
 from huey.registry import Registry
 
+import redis
 from worker.messages import BadMessage, BadSignature, SignedJSONSerializer, peek_job
 from worker.queues import QUEUE_NAMES, Priority, check_queue
 from worker.registry import TaskSpec, load_task_modules, specs_for
@@ -48,8 +49,8 @@ class ClarityHuey(Huey):
 
     def _register_spec(self, spec: TaskSpec):
         self.specs[spec.name] = spec
-        options = dict(name=spec.name, retries=spec.retries, retry_delay=spec.retry_delay,
-                       priority=int(spec.priority), timeout=spec.timeout)
+        options = {"name": spec.name, "retries": spec.retries, "retry_delay": spec.retry_delay,
+                   "priority": int(spec.priority), "timeout": spec.timeout}
         if spec.periodic:
             self.periodic_task(spec.schedule, name=spec.name, priority=int(spec.priority),
                                timeout=spec.timeout)(_adapt_periodic(spec.func))
@@ -109,7 +110,7 @@ class ClarityHuey(Huey):
         except BadMessage as exc:
             self._park_bad_message(lease, exc)
             return None
-        except Exception as exc:  # unknown task name and the like
+        except (HueyException, TypeError, ValueError) as exc:  # e.g. an unknown task name
             self._park_bad_message(lease, BadMessage(f"cannot load task: {exc}"))
             return None
         task.lease = lease

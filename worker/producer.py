@@ -100,7 +100,7 @@ def _resolve_eta(delay, scheduled_at):
         return None
     if isinstance(scheduled_at, str):
         try:
-            scheduled_at = dt.datetime.fromisoformat(scheduled_at.replace("Z", "+00:00"))
+            scheduled_at = dt.datetime.fromisoformat(scheduled_at)
         except ValueError:
             raise JobError("scheduled_at", "must be an ISO 8601 time with a UTC offset, "
                                            "e.g. 2026-01-31T09:00:00Z") from None

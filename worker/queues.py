@@ -19,9 +19,7 @@ class Priority(enum.IntEnum):
     @classmethod
     def parse(cls, value) -> int:
         """A priority name ('high') or number (1..10) -> int; ValueError otherwise."""
-        if isinstance(value, bool):
-            raise ValueError("priority must be a name (LOW, NORMAL, HIGH, CRITICAL) or 1..10")
-        if isinstance(value, str):
+        if isinstance(value, str) and not isinstance(value, bool):
             name = value.strip().upper()
             if name in cls.__members__:
                 return int(cls[name])
@@ -30,7 +28,7 @@ class Priority(enum.IntEnum):
             else:
                 raise ValueError(
                     f"unknown priority {value!r}: use LOW, NORMAL, HIGH, CRITICAL or 1..10")
-        if isinstance(value, int) and 1 <= int(value) <= 10:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10:
             return int(value)
         raise ValueError(f"priority must be between 1 and 10, got {value!r}")
 

@@ -1,0 +1,255 @@
+"""Queue management: counts, pause/resume, clearing, job lookup and the failed set.
+
+Everything here costs a fixed number of Redis round trips per queue (one pipeline for the
+counts), never one per job, and never uses KEYS or FLUSHDB: the layout in storage.py lets
+each question be answered from a sorted set and a few job hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+from worker.messages import peek_job
+from worker.queues import PRIORITY_BAND, QUEUE_NAMES, JobState, Priority, QueueKeys, check_queue
+from worker.settings import Settings, get_settings
+from worker.storage import ReliableRedisStorage, score_priority
+
+NAMED_PRIORITIES = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW]
+CLEARABLE_STATES = ("waiting", "delayed", "failed")
+SUMMARY_CHARS = 200
+MAX_PAGE = 500
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int(value, default=0):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _iso_ms(ms):
+    if ms in (None, b"", ""):
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ms) / 1000)) + \
+        f".{int(ms) % 1000:03d}Z"
+
+
+class QueueManager:
+    """Operator's view of the queues. Thread-safe; one per process is enough."""
+
+    def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None):
+        from worker.hueys import redis_client
+
+        self.settings = settings or get_settings()
+        self.redis = client or redis_client(self.settings)
+        self._storages: dict[str, ReliableRedisStorage] = {}
+
+    def keys(self, queue: str) -> QueueKeys:
+        return QueueKeys(self.settings.redis_key_prefix, check_queue(queue))
+
+    def storage(self, queue: str) -> ReliableRedisStorage:
+        storage = self._storages.get(queue)
+        if storage is None:
+            storage = ReliableRedisStorage(check_queue(queue), prefix=self.settings.redis_key_prefix,
+                                           connection_pool=self.redis.connection_pool,
+                                           max_deliveries=self.settings.max_deliveries)
+            self._storages[queue] = storage
+        return storage
+
+    # -- counts --------------------------------------------------------------------------
+
+    def _queue_commands(self, pipe, queue: str):
+        k = self.keys(queue)
+        for p in NAMED_PRIORITIES:
+            low = (10 - int(p)) * PRIORITY_BAND
+            pipe.zcount(k.waiting, low, f"({low + PRIORITY_BAND}")
+        pipe.zcard(k.waiting)
+        pipe.zcard(k.delayed)
+        pipe.zcard(k.active)
+        pipe.zcard(k.failed)
+        pipe.exists(k.paused)
+        pipe.zcount(k.active, "-inf", int(time.time() * 1000))
+
+    @staticmethod
+    def _queue_counts(values) -> dict:
+        named = values[:len(NAMED_PRIORITIES)]
+        total, delayed, active, failed, paused, expired = values[len(NAMED_PRIORITIES):]
+        by_priority = {p.name.lower(): int(n) for p, n in zip(NAMED_PRIORITIES, named,
+                                                               strict=True)}
+        by_priority["other"] = int(total) - sum(by_priority.values())
+        return {"waiting": int(total), "waitingByPriority": by_priority, "delayed": int(delayed),
+                "active": int(active), "failed": int(failed), "paused": bool(paused),
+                "expiredLeases": int(expired)}
+
+    def counts(self, queue: str) -> dict:
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_commands(pipe, queue)
+        return self._queue_counts(pipe.execute())
+
+    def counts_all(self) -> dict[str, dict]:
+        """Counts for every queue in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in QUEUE_NAMES:
+            self._queue_commands(pipe, queue)
+        values = pipe.execute()
+        width = len(values) // len(QUEUE_NAMES)
+        return {q: self._queue_counts(values[i * width:(i + 1) * width])
+                for i, q in enumerate(QUEUE_NAMES)}
+
+    # -- pause / resume / clear ----------------------------------------------------------
+
+    def pause(self, queue: str) -> None:
+        """No new jobs start; running ones finish."""
+        self.redis.set(self.keys(queue).paused, str(int(time.time())))
+
+    def resume(self, queue: str) -> None:
+        k = self.keys(queue)
+        pipe = self.redis.pipeline()
+        pipe.delete(k.paused)
+        pipe.rpush(k.wake, *([1] * 16))
+        pipe.ltrim(k.wake, -256, -1)
+        pipe.execute()
+
+    def is_paused(self, queue: str) -> bool:
+        return bool(self.redis.exists(self.keys(queue).paused))
+
+    def clear(self, queue: str, state: str) -> int:
+        """Remove every job in `state` (waiting, delayed or failed), in batches."""
+        if state not in CLEARABLE_STATES:
+            raise ValueError(f"state must be one of {', '.join(CLEARABLE_STATES)}")
+        storage, removed = self.storage(queue), 0
+        while True:
+            n = storage.remove(state, limit=1000)
+            removed += n
+            if not n:
+                return removed
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _describe(self, queue: str, job_id: str, fields: dict, score=None) -> dict:
+        f = {_text(k): _text(v) for k, v in fields.items() if k != b"msg"}
+        body = peek_job(fields.get(b"msg", b""))
+        payload = (body.get("args") or [None])[0]
+        summary = json.dumps(payload, separators=(",", ":")) if payload is not None else ""
+        job = {
+            "id": job_id, "queue": queue, "task": f.get("task") or body.get("task"),
+            "state": f.get("state"), "priority": _int(f.get("prio"), Priority.NORMAL),
+            "payloadSummary": summary[:SUMMARY_CHARS] + ("…" if len(summary) > SUMMARY_CHARS
+                                                         else ""),
+            "enqueuedAt": _iso_ms(f.get("enq")), "deliveries": _int(f.get("deliveries")),
+            "retriesLeft": body.get("retries"),
+        }
+        if f.get("state") == "delayed":
+            job["runAt"] = _iso_ms(f.get("eta"))
+        if f.get("state") == "active":
+            job["consumer"] = f.get("consumer")
+            job["startedAt"] = _iso_ms(f.get("leased_at"))
+            job["leaseDeadline"] = _iso_ms(score) if score is not None else None
+        if f.get("state") == "failed":
+            job.update({
+                "reason": f.get("reason"), "errorType": f.get("error_type"),
+                "error": f.get("error"), "traceback": f.get("traceback"),
+                "attempts": _int(f.get("attempts")),
+                "firstFailedAt": _iso_ms(f.get("first_failed")),
+                "lastFailedAt": _iso_ms(f.get("last_failed")),
+            })
+        return job
+
+    def get_job(self, queue: str, job_id: str) -> dict | None:
+        fields = self.redis.hgetall(self.keys(queue).job(job_id))
+        if not fields:
+            return None
+        job = self._describe(queue, job_id, fields)
+        job["payload"] = (peek_job(fields.get(b"msg", b"")).get("args") or [None])[0]
+        return job
+
+    def find_job(self, job_id: str) -> dict | None:
+        """Look a job up by id in every queue (one pipeline)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in QUEUE_NAMES:
+            pipe.exists(self.keys(queue).job(job_id))
+        for queue, exists in zip(QUEUE_NAMES, pipe.execute(), strict=True):
+            if exists:
+                return self.get_job(queue, job_id)
+        return None
+
+    def list_jobs(self, queue: str, state: str, limit: int = 50, offset: int = 0) -> dict:
+        """A page of jobs in `state`. Waiting: next to run first; delayed: soonest first;
+        active: oldest lease first; failed: newest failure first."""
+        k = self.keys(queue)
+        try:
+            zset = {JobState.WAITING: k.waiting, JobState.DELAYED: k.delayed,
+                    JobState.ACTIVE: k.active, JobState.FAILED: k.failed}[JobState(state)]
+        except ValueError:
+            raise ValueError("state must be one of waiting, delayed, active, failed") from None
+        limit = max(1, min(int(limit), MAX_PAGE))
+        offset = max(0, int(offset))
+        newest_first = state == "failed"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(zset)
+        (pipe.zrevrange if newest_first else pipe.zrange)(zset, offset, offset + limit - 1,
+                                                          withscores=True)
+        total, page = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, _ in page:
+            pipe.hgetall(k.job(_text(job_id)))
+        jobs = []
+        for (job_id, score), fields in zip(page, pipe.execute(), strict=True):
+            if fields:
+                job = self._describe(queue, _text(job_id), fields, score)
+                if state == "waiting":
+                    job["priority"] = score_priority(score)
+                jobs.append(job)
+        next_offset = offset + len(page)
+        return {"jobs": jobs, "total": int(total), "offset": offset, "limit": limit,
+                "nextOffset": next_offset if next_offset < int(total) else None}
+
+    def list_failed(self, queue: str, limit: int = 50, offset: int = 0) -> dict:
+        return self.list_jobs(queue, "failed", limit, offset)
+
+    def retry_failed(self, queue: str, job_id: str | None = None) -> int:
+        """Move one failed job (or all of them) back to the waiting set."""
+        storage = self.storage(queue)
+        if job_id is not None:
+            return storage.retry_failed(ids=[job_id])
+        moved = 0
+        while True:
+            n = storage.retry_failed(limit=1000)
+            moved += n
+            if not n:
+                return moved
+
+    def remove_job(self, queue: str, job_id: str) -> bool:
+        """Remove a job that is not running (waiting, delayed or failed)."""
+        return self.storage(queue).remove("", ids=[job_id]) > 0
+
+    def promote(self, queue: str, job_id: str) -> bool:
+        """Run a delayed job now."""
+        return self.storage(queue).promote_due(ids=[job_id]) > 0
+
+    # -- workers -------------------------------------------------------------------------
+
+    def workers(self) -> list[dict]:
+        """Workers seen through their heartbeats (written every few seconds)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in QUEUE_NAMES:
+            pipe.hgetall(self.keys(queue).workers)
+        now = time.time()
+        out = []
+        for queue, entries in zip(QUEUE_NAMES, pipe.execute(), strict=True):
+            for name, raw in entries.items():
+                try:
+                    info = json.loads(raw)
+                except ValueError:
+                    continue
+                info.update(queue=queue, name=_text(name))
+                info["secondsSinceHeartbeat"] = round(now - info.get("heartbeat", 0), 1)
+                info["alive"] = info["secondsSinceHeartbeat"] < 30
+                out.append(info)
+        return out
