@@ -1,0 +1,114 @@
+"""The Redis backup script (redis/clarity-redis-backup) against a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "redis" / "clarity-redis-backup"
+PASSWORD = "backup-test-password"
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("redis-server") and shutil.which("redis-check-rdb")),
+    reason="needs redis-server and redis-check-rdb",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--repl-diskless-sync-delay", "0",
+         "--requirepass", PASSWORD, "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while subprocess.run(
+        ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", PASSWORD, "ping"],
+        capture_output=True, text=True,
+    ).stdout.strip() != "PONG":
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    subprocess.run(
+        ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", PASSWORD,
+         "set", "clarity:{sync}:probe", "kept"],
+        check=True, capture_output=True,
+    )
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def _run_backup(port: int, backups: Path, textfiles: Path, **extra: str):
+    env = {
+        **os.environ,
+        "REDIS_PORT": str(port),
+        "REDISCLI_AUTH": PASSWORD,
+        "BACKUP_DIR": str(backups),
+        "TEXTFILE_DIR": str(textfiles),
+        **extra,
+    }
+    return subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_backup_writes_a_dated_rdb_that_redis_check_rdb_accepts(redis_port, tmp_path):
+    backups, textfiles = tmp_path / "backups", tmp_path / "textfile"
+    textfiles.mkdir()
+    result = _run_backup(redis_port, backups, textfiles)
+    assert result.returncode == 0, result.stderr
+    dumps = sorted(backups.glob("dump-*.rdb"))
+    assert len(dumps) == 1
+    assert subprocess.run(["redis-check-rdb", str(dumps[0])], capture_output=True).returncode == 0
+    assert b"clarity:{sync}:probe" in dumps[0].read_bytes()
+    assert oct(dumps[0].stat().st_mode & 0o777) == "0o600"
+
+
+def test_backup_prunes_files_older_than_retention_and_keeps_recent_ones(redis_port, tmp_path):
+    backups, textfiles = tmp_path / "backups", tmp_path / "textfile"
+    backups.mkdir()
+    textfiles.mkdir()
+    old, recent = backups / "dump-20000101T000000Z.rdb", backups / "dump-20000102T000000Z.rdb"
+    for path, age_days in ((old, 8), (recent, 6)):
+        path.write_bytes(b"x")
+        stamp = time.time() - age_days * 86400
+        os.utime(path, (stamp, stamp))
+    result = _run_backup(redis_port, backups, textfiles, BACKUP_RETENTION_DAYS="7")
+    assert result.returncode == 0, result.stderr
+    assert not old.exists()
+    assert recent.exists()
+    assert len(list(backups.glob("dump-*.rdb"))) == 2
+
+
+def test_backup_exports_last_success_for_the_textfile_collector(redis_port, tmp_path):
+    backups, textfiles = tmp_path / "backups", tmp_path / "textfile"
+    textfiles.mkdir()
+    before = int(time.time())
+    assert _run_backup(redis_port, backups, textfiles).returncode == 0
+    metrics = (textfiles / "clarity_redis_backup.prom").read_text()
+    values = dict(
+        line.split() for line in metrics.splitlines() if line and not line.startswith("#")
+    )
+    assert int(values["clarity_redis_backup_last_success_timestamp_seconds"]) >= before
+    assert int(values["clarity_redis_backup_size_bytes"]) > 0
+
+
+def test_failed_backup_exits_nonzero_and_leaves_last_success_untouched(redis_port, tmp_path):
+    backups, textfiles = tmp_path / "backups", tmp_path / "textfile"
+    textfiles.mkdir()
+    result = _run_backup(redis_port, backups, textfiles, REDISCLI_AUTH="wrong-password")
+    assert result.returncode != 0
+    assert not (textfiles / "clarity_redis_backup.prom").exists()
+    assert not list(backups.iterdir())
