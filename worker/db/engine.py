@@ -1,0 +1,126 @@
+"""The app database engine, and the few dialect-aware statements the handlers share.
+
+`DATABASE_URL` picks the backend: unset, a SQLite file in the state directory; in
+production `postgresql+psycopg://...`. The handlers' SQL is the same on both; where the
+dialects differ (INSERT ... ON CONFLICT) the difference is kept here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from worker.handler_settings import HandlerSettings, get_handler_settings
+
+log = logging.getLogger("clarity.db")
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def create_db_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, echo=echo, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
+                            pool_pre_ping=True, pool_recycle=1800)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite opens transactions lazily and as DEFERRED: two workers that both read, then
+    # write, deadlock on the lock upgrade and one fails with "database is locked" at once
+    # (the busy timeout does not apply to an upgrade). BEGIN IMMEDIATE takes the write lock
+    # up front, so concurrent writers queue on the busy timeout instead.
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        # WAL lets readers (the admin dashboard) run while a worker writes; in-memory
+        # databases answer "memory" and ignore it.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def get_engine(settings: HandlerSettings | None = None) -> Engine:
+    """The engine for DATABASE_URL, one per process and URL."""
+    settings = settings or get_handler_settings()
+    url = settings.database_connection_url()
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_db_engine(url, pool_size=settings.database_pool_size,
+                                      echo=settings.database_echo)
+            _engines[url] = engine
+        return engine
+
+
+def reset_engines() -> None:
+    """Dispose of cached engines (tests; after a fork, each process must open its own)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def dialect_insert(conn: Connection, table: sa.Table):
+    """INSERT with the dialect's ON CONFLICT support (SQLite and PostgreSQL spell it alike)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database {conn.dialect.name!r}: use SQLite or PostgreSQL")
+
+
+def _max_rows(columns: int, dialect: str) -> int:
+    # Bound parameters per statement: SQLite allows 32766, PostgreSQL 65535.
+    limit = 30_000 if dialect == "sqlite" else 60_000
+    return max(1, min(2000, limit // max(1, columns)))
+
+
+def upsert(conn: Connection, table: sa.Table, rows: Sequence[dict], key: Iterable[str],
+           compare: Iterable[str] | None = None, touch: dict | None = None) -> int:
+    """Insert `rows`, or update the existing row with the same `key` where any column in
+    `compare` differs. Returns how many rows were inserted or changed: rows whose data
+    is unchanged are not written at all, so a repeated upsert of the same data returns 0
+    and leaves `touch` columns (e.g. updated_at) as they were.
+    """
+    if not rows:
+        return 0
+    key = list(key)
+    columns = list(rows[0].keys())
+    compare = [c for c in (compare if compare is not None else columns) if c not in key]
+    touch = touch or {}
+    changed = 0
+    per_stmt = _max_rows(len(columns) + len(touch), conn.dialect.name)
+    pk = next(iter(table.primary_key.columns))
+    for start in range(0, len(rows), per_stmt):
+        chunk = [dict(row, **touch) for row in rows[start:start + per_stmt]]
+        stmt = dialect_insert(conn, table).values(chunk)
+        if compare:
+            differs = sa.or_(*[table.c[c].is_distinct_from(stmt.excluded[c]) for c in compare])
+            stmt = stmt.on_conflict_do_update(
+                index_elements=key,
+                set_={c: stmt.excluded[c] for c in [*compare, *touch]},
+                where=differs)
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=key)
+        changed += len(conn.execute(stmt.returning(pk)).all())
+    return changed
