@@ -173,6 +173,11 @@ class ReliableRedisStorage(PriorityRedisStorage):
         with self._lock:
             return list(self._held.values())
 
+    def forget(self, lease: Lease) -> None:
+        """Stop tracking a lease that a requeue (retry or reschedule) has already ended."""
+        with self._lock:
+            self._held.pop(lease.id, None)
+
     def settle(self, settlements: list[Settlement]) -> int:
         if not settlements:
             return 0

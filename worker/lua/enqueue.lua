@@ -30,7 +30,10 @@ for i = 0, n - 1 do
     local state = redis.call('HGET', job, 'state')
     if state == 'active' then
       redis.call('ZREM', KEYS[5], id)
+      -- A retry is a new attempt, not a redelivery: restart the delivery count.
       redis.call('HDEL', job, 'lease', 'consumer')
+      redis.call('HSET', job, 'deliveries', 0)
+      redis.call('HINCRBY', job, 'attempt', 1)
     elseif not state then
       redis.call('HSET', job, 'enq', now, 'task', task)
     end

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real redis-server, settings pointing at it, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import REPO, RedisServer
+from worker import hueys
+from worker.settings import reset_settings_cache
+
+SECRET = "test-signing-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def clarity_env(server: RedisServer, prefix: str, **extra) -> dict[str, str]:
+    env = {**server.env, "JOB_SIGNING_SECRET": SECRET, "REDIS_KEY_PREFIX": prefix,
+           "TASK_MODULES": "tests.jobs", "LOG_LEVEL": "INFO", "STATE_DIR": "/tmp/clarity-test"}
+    env.update({k.upper(): str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def prefix():
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def configure(monkeypatch, prefix):
+    """configure(server, **settings): point this process's settings at `server`."""
+
+    def apply(server: RedisServer, **extra):
+        for key, value in clarity_env(server, prefix, **extra).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("CLARITY_ENV_FILE", "/nonexistent.env")
+        reset_settings_cache()
+        hueys.reset_caches()
+        return server
+
+    yield apply
+    reset_settings_cache()
+    hueys.reset_caches()
+
+
+@pytest.fixture
+def env(configure, redis_server):
+    """Settings pointing at the session's Redis, with a fresh key prefix per test."""
+    return configure(redis_server)
+
+
+class WorkerProcess:
+    def __init__(self, env: dict, queues=("sync",), concurrency=4, extra_args=(), log=None):
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.args = [sys.executable, "-m", "app", "worker", "--log-format", "text"]
+        for q in queues:
+            self.args += ["--queue", q]
+        self.args += ["--concurrency", str(concurrency), *extra_args]
+        self.log = log
+        self.proc = None
+
+    def start(self):
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=REPO, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def kill(self):
+        """SIGKILL the whole process group: the worker and any forked children."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def wait(self, timeout=30):
+        return self.proc.wait(timeout)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def workers(tmp_path, prefix, redis_server):
+    """workers(server=None, **kw) starts a real `clarity worker` process; all are stopped."""
+    started = []
+
+    def start(server=None, queues=("sync",), concurrency=4, extra_args=(), **settings):
+        server = server or redis_server
+        log = tmp_path / f"worker-{len(started)}.log"
+        w = WorkerProcess(clarity_env(server, prefix, **settings), queues, concurrency,
+                          extra_args, log).start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def wait_for(predicate, timeout=20.0, interval=0.02, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture
+def artifacts():
+    path = Path(REPO) / "tests" / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

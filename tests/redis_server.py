@@ -1,0 +1,73 @@
+"""A real redis-server started from redis/redis.conf for tests (password on, commands renamed)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "redis" / "redis.conf"
+PASSWORD = "test-redis-password-1f2e"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, port: int | None = None, password: str = PASSWORD,
+                 extra: tuple[str, ...] = ()):
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.password = password
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            ["redis-server", str(CONF), "--port", str(self.port), "--dir", str(self.dir),
+             "--requirepass", self.password, "--daemonize", "no", "--save", "",
+             "--maxmemory", "1gb", *self.extra],
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    # Loading the AOF after a restart answers LOADING until done.
+                    return self
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, **kwargs)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill(self):
+        self.stop(signal.SIGKILL)
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(self.port),
+                "REDIS_PASSWORD": self.password, "REDIS_DB": "0"}

@@ -1,0 +1,59 @@
+"""Queue management: counts by state and priority, pause/resume, clear, lookup."""
+
+from tests.conftest import wait_for
+from tests.helpers import recorded
+from worker.management import QueueManager
+from worker.producer import enqueue
+
+
+def test_counts_by_state_and_priority(env):
+    for priority in ("LOW", "NORMAL", "NORMAL", "HIGH", "CRITICAL", 7):
+        enqueue("sync", "record", {}, priority=priority)
+    enqueue("sync", "record", {}, delay=3600)
+    counts = QueueManager().counts("sync")
+    assert counts["waiting"] == 6
+    assert counts["waitingByPriority"] == {"critical": 1, "high": 1, "normal": 2, "low": 1,
+                                           "other": 1}
+    assert counts["delayed"] == 1 and counts["active"] == 0 and counts["failed"] == 0
+
+
+def test_clear_by_state_touches_only_that_state(env):
+    manager = QueueManager()
+    for i in range(1200):
+        enqueue("sync", "record", {"n": i})
+    enqueue("sync", "record", {}, delay=3600)
+    assert manager.clear("sync", "waiting") == 1200
+    counts = manager.counts("sync")
+    assert counts["waiting"] == 0 and counts["delayed"] == 1
+
+
+def test_job_lookup_by_id(env):
+    job = enqueue("email", "record", {"n": 7, "to": "a@example.com"}, priority="HIGH")
+    manager = QueueManager()
+    found = manager.find_job(job.id)
+    assert found["queue"] == "email" and found["state"] == "waiting"
+    assert found["priority"] == 5 and found["payload"] == {"n": 7, "to": "a@example.com"}
+    assert manager.get_job("sync", job.id) is None
+
+
+def test_promote_runs_a_delayed_job_now(env):
+    job = enqueue("sync", "record", {"n": 1}, delay=3600)
+    manager = QueueManager()
+    assert manager.promote("sync", job.id)
+    assert manager.counts("sync")["waiting"] == 1
+    assert not manager.promote("sync", job.id)
+
+
+def test_pause_stops_new_jobs_and_resume_restarts(env, workers):
+    manager = QueueManager()
+    manager.pause("sync")
+    workers(lease_seconds=5)
+    for i in range(5):
+        enqueue("sync", "record", {"n": i})
+    import time
+
+    time.sleep(1.5)
+    assert recorded("done") == []
+    assert manager.counts("sync")["paused"]
+    manager.resume("sync")
+    wait_for(lambda: len(recorded("done")) == 5, message="jobs after resume")

@@ -1,0 +1,319 @@
+"""`clarity`: the worker and queue-operations commands.
+
+The full console script is `app.cli:main`, which adds the admin, local-stack and migration
+commands to this group (the worker package never imports `app`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+
+import click
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
+
+from worker.queues import QUEUE_NAMES
+from worker.settings import SettingsError, get_settings
+
+QUEUE = click.Choice(QUEUE_NAMES)
+
+
+def friendly_errors(func):
+    """Turn configuration and Redis failures into one clear line and exit status 2/3."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+        except AuthenticationError as exc:
+            raise click.ClickException(
+                f"Redis refused the password ({exc}): check REDIS_PASSWORD or REDIS_URL") from None
+        except ConnectionError as exc:
+            where = get_settings().redis_display()
+            raise click.ClickException(
+                f"cannot reach Redis at {where}: {exc}. Is redis-server running? Check "
+                "REDIS_HOST/REDIS_PORT (or REDIS_URL); `clarity doctor` checks the setup.") from None
+        except ResponseError as exc:
+            raise click.ClickException(f"Redis answered with an error: {exc}") from None
+
+    return wrapper
+
+
+def _manager():
+    from worker.management import QueueManager
+
+    return QueueManager(get_settings())
+
+
+def _echo_json(doc):
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="clarity-jobs", prog_name="clarity")
+def main():
+    """Clarity job system: workers, queues and operations for Income Clarity.
+
+    Configuration comes from the environment (and an optional .env file): REDIS_URL or
+    REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB, JOB_SIGNING_SECRET, WORKER_* and more;
+    see the README's configuration table.
+    """
+
+
+@main.command()
+@click.option("-q", "--queue", "queues", multiple=True, type=QUEUE,
+              help="Queue to consume; repeat for several (default: WORKER_QUEUES, all five).")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=None,
+              help="Worker threads (or processes) per queue [default: WORKER_CONCURRENCY, 4].")
+@click.option("--name", default=None, help="Worker name in logs and heartbeats "
+              "[default: WORKER_NAME, the host name].")
+@click.option("--processes/--threads", default=None,
+              help="Run jobs in forked processes instead of threads (one queue only).")
+@click.option("--no-periodic", is_flag=True, help="Do not fire periodic tasks from this worker.")
+@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto",
+              envvar="LOG_FORMAT", show_default=True,
+              help="JSON lines (production) or text (terminal); auto picks by terminal.")
+@friendly_errors
+def worker(queues, concurrency, name, processes, no_periodic, log_format):
+    """Run a worker consuming one or more queues until SIGINT/SIGTERM.
+
+    \b
+    Examples:
+      clarity worker --queue sync --concurrency 4
+      clarity worker -q email -q notifications --name mail-1
+
+    SIGINT or SIGTERM stop gracefully: running jobs finish (up to SHUTDOWN_TIMEOUT) and
+    leased jobs not yet started go back to the queue at once. SIGHUP restarts.
+    """
+    from worker.consumer import ClarityRunner
+    from worker.logs import configure_logging, set_worker_name
+
+    settings = get_settings()
+    queues = list(dict.fromkeys(queues or settings.queues))
+    name = name or settings.worker_name
+    configure_logging(settings.log_level, log_format)
+    set_worker_name(name)
+    try:
+        runner = ClarityRunner(settings, queues, concurrency or settings.worker_concurrency, name,
+                               processes=settings.worker_processes if processes is None
+                               else processes, periodic=not no_periodic)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _check_redis(runner)
+    _start_health_server(settings, runner, queues)
+    sys.exit(runner.run())
+
+
+def _check_redis(runner):
+    # Fail at start with a clear message rather than log a retry loop forever.
+    runner.consumers[0].huey.storage.conn.ping()
+
+
+def _start_health_server(settings, runner, queues):
+    try:
+        from worker.health import start_health_server
+    except ImportError:
+        return
+    start_health_server(settings, runner, queues)
+
+
+@main.command()
+@click.argument("queue", type=QUEUE)
+@click.argument("task")
+@click.argument("payload", default="{}")
+@click.option("-p", "--priority", default=None,
+              help="LOW, NORMAL, HIGH, CRITICAL or 1..10 [default: the task's].")
+@click.option("--delay", type=float, default=None, help="Run after this many seconds.")
+@click.option("--at", "scheduled_at", default=None,
+              help="Run at this ISO 8601 time with offset, e.g. 2026-12-01T09:00:00Z.")
+@click.option("--idempotency-key", default=None,
+              help="Same key again (within 7 days) returns the first job's id.")
+@click.option("--wait", type=float, default=None, metavar="SECONDS",
+              help="Wait for the job to finish; exit 1 if it failed or timed out.")
+@friendly_errors
+def enqueue(queue, task, payload, priority, delay, scheduled_at, idempotency_key, wait):
+    """Enqueue TASK on QUEUE with a JSON PAYLOAD object.
+
+    \b
+    Example:
+      clarity enqueue sync ping '{"echo": "hello"}' --wait 10
+    """
+    from worker.producer import JobError
+    from worker.producer import enqueue as do_enqueue
+
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD") from None
+    try:
+        job = do_enqueue(queue, task, data, priority=priority, delay=delay,
+                         scheduled_at=scheduled_at, idempotency_key=idempotency_key)
+    except JobError as exc:
+        raise click.BadParameter(exc.reason, param_hint=exc.field) from None
+    doc = {"id": job.id, "queue": job.queue, "task": job.task, "created": job.created}
+    if wait is None:
+        _echo_json(doc)
+        return
+    manager = _manager()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        info = manager.get_job(queue, job.id)
+        if info is None:
+            doc["state"] = "completed"
+            _echo_json(doc)
+            return
+        if info["state"] == "failed":
+            doc.update(state="failed", error=info.get("error"), reason=info.get("reason"))
+            _echo_json(doc)
+            sys.exit(1)
+        time.sleep(0.05)
+    doc["state"] = (manager.get_job(queue, job.id) or {}).get("state", "completed")
+    _echo_json(doc)
+    if doc["state"] != "completed":
+        click.echo(f"job did not finish within {wait:g}s", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@friendly_errors
+def stats(as_json):
+    """Show every queue's jobs by state and priority."""
+    counts = _manager().counts_all()
+    if as_json:
+        _echo_json(counts)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Clarity queues")
+    for col in ("queue", "waiting", "critical", "high", "normal", "low", "delayed", "active",
+                "failed", "paused"):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+    for queue, c in counts.items():
+        p = c["waitingByPriority"]
+        table.add_row(queue, str(c["waiting"]), str(p["critical"]), str(p["high"]),
+                      str(p["normal"]), str(p["low"]), str(c["delayed"]), str(c["active"]),
+                      str(c["failed"]), "yes" if c["paused"] else "")
+    Console().print(table)
+
+
+@main.group()
+def failed():
+    """Inspect and act on failed jobs."""
+
+
+@failed.command("list")
+@click.argument("queue", type=QUEUE)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@friendly_errors
+def failed_list(queue, limit, offset):
+    """List failed jobs of QUEUE, newest first."""
+    page = _manager().list_failed(queue, limit, offset)
+    for job in page["jobs"]:
+        click.echo(f"{job['id']}  {job['task']:<20} {job['lastFailedAt']}  "
+                   f"[{job['reason']}] {job['errorType']}: {(job['error'] or '')[:80]}")
+    click.echo(f"-- {len(page['jobs'])} of {page['total']} failed job(s)", err=True)
+
+
+@failed.command("show")
+@click.argument("queue", type=QUEUE)
+@click.argument("job_id")
+@friendly_errors
+def failed_show(queue, job_id):
+    """Show one job with its error and traceback."""
+    job = _manager().get_job(queue, job_id)
+    if job is None:
+        raise click.ClickException(f"no job {job_id} on {queue}")
+    _echo_json(job)
+
+
+@failed.command("retry")
+@click.argument("queue", type=QUEUE)
+@click.argument("job_id", required=False)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every failed job of QUEUE.")
+@friendly_errors
+def failed_retry(queue, job_id, retry_all):
+    """Move a failed job (or --all) back to the queue."""
+    if not job_id and not retry_all:
+        raise click.UsageError("give a JOB_ID or --all")
+    moved = _manager().retry_failed(queue, None if retry_all else job_id)
+    click.echo(f"{moved} job(s) back on {queue}")
+    if job_id and not moved:
+        sys.exit(1)
+
+
+@failed.command("remove")
+@click.argument("queue", type=QUEUE)
+@click.argument("job_id")
+@friendly_errors
+def failed_remove(queue, job_id):
+    """Remove one job that is not running."""
+    if not _manager().remove_job(queue, job_id):
+        raise click.ClickException(f"no waiting, delayed or failed job {job_id} on {queue}")
+    click.echo("removed")
+
+
+@failed.command("clear")
+@click.argument("queue", type=QUEUE)
+@click.confirmation_option(prompt="Remove every failed job of this queue?")
+@friendly_errors
+def failed_clear(queue):
+    """Remove every failed job of QUEUE."""
+    click.echo(f"{_manager().clear(queue, 'failed')} failed job(s) removed")
+
+
+@main.group()
+def queue():
+    """Pause, resume or clear a queue."""
+
+
+@queue.command("pause")
+@click.argument("name", type=QUEUE)
+@friendly_errors
+def queue_pause(name):
+    """Stop starting new jobs on NAME (running jobs finish)."""
+    _manager().pause(name)
+    click.echo(f"{name} paused")
+
+
+@queue.command("resume")
+@click.argument("name", type=QUEUE)
+@friendly_errors
+def queue_resume(name):
+    """Resume a paused queue."""
+    _manager().resume(name)
+    click.echo(f"{name} resumed")
+
+
+@queue.command("clear")
+@click.argument("name", type=QUEUE)
+@click.option("--state", type=click.Choice(["waiting", "delayed", "failed"]), required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@friendly_errors
+def queue_clear(name, state, yes):
+    """Remove every job of NAME in STATE."""
+    if not yes:
+        click.confirm(f"Remove every {state} job of {name}?", abort=True)
+    click.echo(f"{_manager().clear(name, state)} job(s) removed")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--queue", type=QUEUE, default=None, help="Look only in this queue.")
+@friendly_errors
+def job(job_id, queue):
+    """Look a job up by id (in every queue unless --queue)."""
+    manager = _manager()
+    info = manager.get_job(queue, job_id) if queue else manager.find_job(job_id)
+    if info is None:
+        raise click.ClickException(f"no job {job_id} (finished jobs are not kept)")
+    _echo_json(info)
+
+
+__all__ = ["RedisError", "main"]
