@@ -1,6 +1,7 @@
 """At-least-once delivery, proven against real redis-server and real worker processes."""
 
 import collections
+import itertools
 import random
 import signal
 import time
@@ -154,8 +155,8 @@ def test_tampered_message_is_not_executed_and_is_parked_as_bad_signature(env, wo
 
 
 def test_retries_back_off_then_fail_and_retry_failed_runs_to_success(env, workers):
-    from worker.hueys import redis_client
     from tests.helpers import test_key
+    from worker.hueys import redis_client
 
     job = enqueue("sync", "flaky", {"n": "f1"})
     workers()
@@ -163,7 +164,7 @@ def test_retries_back_off_then_fail_and_retry_failed_runs_to_success(env, worker
     wait_for(lambda: manager.counts("sync")["failed"] == 1, timeout=20, message="failed job")
     times = [float(e.split(":")[1]) for e in recorded("attempt_times")]
     assert len(times) == 4  # first attempt + 3 retries
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # base 0.2s doubling with jitter in [ceiling/2, ceiling], capped at 1s
     for gap, ceiling in zip(gaps, (0.2, 0.4, 0.8)):
         assert ceiling / 2 - 0.05 <= gap <= ceiling + 0.6, gaps
@@ -187,8 +188,8 @@ def test_job_abandoned_after_max_deliveries_is_parked_visibly(env, workers):
         w = workers(concurrency=1, lease_seconds=1, max_deliveries=2)
         wait_for(lambda: "doomed" in recorded("started"), message="job started")
         w.kill()
-        from worker.hueys import redis_client
         from tests.helpers import test_key
+        from worker.hueys import redis_client
 
         redis_client().delete(test_key("started"))
     workers(concurrency=1, lease_seconds=1, max_deliveries=2)

@@ -4,8 +4,8 @@ silent."""
 import datetime as dt
 
 import pytest
-import redis
 
+import redis
 from worker.management import QueueManager
 from worker.producer import JobError, JobRequest, enqueue, enqueue_many
 from worker.queues import Priority

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+import typing
 from dataclasses import dataclass, field
 
 from huey import signals as S
@@ -85,7 +86,7 @@ class RuntimeState:
         for listener in self.listeners:
             try:
                 listener(job, outcome, duration, wait)
-            except Exception:  # noqa: BLE001 - a metrics bug must never fail a job
+            except Exception:
                 log.exception("job listener failed")
 
 
@@ -270,7 +271,7 @@ REAP_LISTENERS: list = []
 class LeaseKeeper:
     """One thread per process: renews held leases and writes the heartbeat."""
 
-    _instances: dict[tuple[int, str], LeaseKeeper] = {}
+    _instances: typing.ClassVar[dict[tuple[int, str], LeaseKeeper]] = {}
     _lock = threading.Lock()
 
     def __init__(self, huey: ClarityHuey, state: RuntimeState):

@@ -13,7 +13,8 @@ import logging
 import sys
 import time
 
-_job_context: contextvars.ContextVar[dict] = contextvars.ContextVar("clarity_job", default={})
+_job_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("clarity_job",
+                                                                      default=None)
 _worker_name = {"name": "-"}
 
 
@@ -32,7 +33,7 @@ def job_context(queue: str, job_id: str, task: str):
 
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = _job_context.get()
+        ctx = _job_context.get() or {}
         record.worker = _worker_name["name"]
         record.queue = ctx.get("queue", "-")
         record.job_id = ctx.get("job_id", "-")
