@@ -238,9 +238,15 @@ class ReliableRedisStorage(PriorityRedisStorage):
     # -- Huey's storage API, over our layout ---------------------------------------------
 
     def add_to_schedule(self, data, ts):
+        # Huey's contract: into the schedule even when already due. (ClarityHuey does not
+        # call this: its enqueue script decides between waiting and delayed itself.)
         job_id = peek_job(data).get("id") or uuid.uuid4().hex
-        eta_ms = max(int(self.convert_ts(ts) * 1000), 1)
-        self.enqueue_jobs([(job_id, data, Priority.NORMAL, eta_ms, "", None)])
+        eta_ms = int(self.convert_ts(ts) * 1000)
+        pipe = self.conn.pipeline()
+        pipe.hset(self.keys.job(job_id), mapping={"msg": data, "prio": int(Priority.NORMAL),
+                                                  "state": "delayed", "eta": eta_ms})
+        pipe.zadd(self.keys.delayed, {job_id: eta_ms})
+        pipe.execute()
 
     def read_schedule(self, ts):
         # Huey's contract: pop and return what is due. Our consumers never call this: they

@@ -1,0 +1,137 @@
+"""One contract, two storages: ours and Huey's PriorityRedisStorage, where their promises
+overlap (Huey's own tests run one StorageTests mixin against every backend the same way).
+
+Ours keeps a leased message in the active set instead of forgetting it; the contract below
+is what a Huey consumer relies on either way."""
+
+import datetime as dt
+import uuid
+
+import pytest
+from huey.constants import EmptyData
+from huey.storage import PriorityRedisStorage
+
+from worker.storage import ReliableRedisStorage
+
+
+@pytest.fixture(params=["clarity", "huey"])
+def storage(request, redis_server):
+    name = "sync"
+    if request.param == "clarity":
+        s = ReliableRedisStorage(name, prefix=f"c{uuid.uuid4().hex[:8]}", port=redis_server.port,
+                                 password=redis_server.password, blocking=False)
+    else:
+        s = PriorityRedisStorage(f"h{uuid.uuid4().hex[:8]}", port=redis_server.port,
+                                 password=redis_server.password, blocking=False)
+    yield s
+    s.flush_queue()
+    s.flush_schedule()
+    s.flush_results()
+
+
+class TestStorageContract:
+    def test_enqueue_dequeue_fifo_within_priority(self, storage):
+        for i in range(5):
+            storage.enqueue(f"item-{i}".encode())
+        assert storage.queue_size() == 5
+        assert [storage.dequeue() for _ in range(5)] == [f"item-{i}".encode() for i in range(5)]
+        assert storage.dequeue() is None
+        assert storage.queue_size() == 0
+
+    def test_higher_priority_first(self, storage):
+        storage.enqueue(b"low", 1)
+        storage.enqueue(b"normal", 3)
+        storage.enqueue(b"critical", 10)
+        storage.enqueue(b"high", 5)
+        storage.enqueue(b"critical-2", 10)
+        out = [storage.dequeue() for _ in range(5)]
+        assert out == [b"critical", b"critical-2", b"high", b"normal", b"low"]
+
+    def test_enqueued_items_in_dequeue_order_and_flush(self, storage):
+        storage.enqueue(b"a", 1)
+        storage.enqueue(b"b", 5)
+        assert storage.enqueued_items() == [b"b", b"a"]
+        assert storage.enqueued_items(limit=1) == [b"b"]
+        storage.flush_queue()
+        assert storage.queue_size() == 0
+
+    def test_schedule_read_returns_only_due_items(self, storage):
+        now = dt.datetime.now()
+        storage.add_to_schedule(b"past", now - dt.timedelta(seconds=10))
+        storage.add_to_schedule(b"future", now + dt.timedelta(seconds=3600))
+        assert storage.schedule_size() == 2
+        assert storage.read_schedule(now) == [b"past"]
+        assert storage.schedule_size() == 1
+        assert storage.scheduled_items() == [b"future"]
+        storage.flush_schedule()
+        assert storage.schedule_size() == 0
+
+    def test_key_value_data(self, storage):
+        storage.put_data("k1", b"v1")
+        assert storage.peek_data("k1") == b"v1"
+        assert storage.pop_data("k1") == b"v1"
+        assert storage.peek_data("k1") is EmptyData
+        assert storage.put_if_empty("lock", b"1")
+        assert not storage.put_if_empty("lock", b"2")
+        assert storage.delete_data("lock")
+        assert storage.incr("counter") == 1 and storage.incr("counter", 2) == 3
+
+
+class TestReliableOnly:
+    """Promises Huey's storage does not make."""
+
+    @pytest.fixture
+    def ours(self, redis_server):
+        return ReliableRedisStorage("sync", prefix=f"c{uuid.uuid4().hex[:8]}",
+                                    port=redis_server.port, password=redis_server.password,
+                                    blocking=False, lease_seconds=0.5)
+
+    def test_dequeued_message_is_leased_not_forgotten(self, ours):
+        ours.enqueue(b"job")
+        lease = ours.lease(block=False)
+        assert lease.data == b"job" and lease.deliveries == 1
+        assert ours.conn.zcard(ours.keys.active) == 1
+
+    def test_expired_lease_is_reaped_back_and_counted(self, ours):
+        import time
+
+        ours.enqueue(b"job")
+        ours.lease(block=False)
+        time.sleep(0.6)
+        assert ours.reap() == (1, 0)
+        again = ours.lease(block=False)
+        assert again.data == b"job" and again.deliveries == 2
+
+    def test_stale_holder_cannot_settle_a_reaped_lease(self, ours):
+        import time
+
+        from worker.storage import Settlement
+
+        ours.enqueue(b"job")
+        stale = ours.lease(block=False)
+        time.sleep(0.6)
+        ours.reap()
+        fresh = ours.lease(block=False)
+        assert ours.settle([Settlement("ack", stale)]) == 0
+        assert ours.settle([Settlement("ack", fresh)]) == 1
+        assert ours.conn.zcard(ours.keys.active) == 0
+
+    def test_busy_queue_leases_in_batches_idle_queue_one_at_a_time(self, ours):
+        for i in range(40):
+            ours.enqueue(f"j{i}".encode())
+        got = [ours.lease(block=False).data for _ in range(10)]
+        assert ours._batch > 1
+        got += [ours.lease(block=False).data for _ in range(30)]
+        assert got == [f"j{i}".encode() for i in range(40)]
+        assert ours.lease(block=False) is None
+        assert ours._batch == 1
+
+    def test_unstarted_leases_go_back_without_counting_a_delivery(self, ours):
+        for i in range(10):
+            ours.enqueue(f"j{i}".encode())
+        ours.lease(block=False)  # a full batch of 1: the next round trip leases 2
+        ours.lease(block=False)  # returns one, buffers one
+        released = ours.release_unstarted()
+        assert released >= 1
+        lease = ours.lease(block=False)
+        assert lease.deliveries == 1
