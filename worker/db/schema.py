@@ -197,15 +197,27 @@ queued_sync = sa.Table(
     sa.Column("sync_type", sa.String(20), nullable=False, server_default="SCHEDULED"),
     sa.Column("priority", sa.Integer, nullable=False, server_default="3"),
     sa.Column("payload", JSON),
-    # pending | processing | done | failed
+    # pending | processing | done | failed, and for the migration: migrating | moved
     sa.Column("status", sa.String(20), nullable=False, server_default="pending"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
     sa.Column("scheduled_at", UTCDateTime(), nullable=False, default=utcnow),
     _created(),
     _updated(),
+    # Added by the migration (revision 0002_queued_sync_routing, app.migration owns them):
+    # the job a row stands for (NULL queue/task: the legacy sync, "sync"/"sync_user"), its
+    # id and idempotency key (shared with the queue, so a row is never run twice), why it is
+    # here (NULL/legacy, routed, fallback, fallback_unsure) and who holds it until when.
+    sa.Column("queue", sa.String(20)),
+    sa.Column("task", sa.String(100)),
+    sa.Column("job_id", sa.String(64)),
+    sa.Column("idempotency_key", sa.String(200), unique=True),
+    sa.Column("origin", sa.String(20)),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("claimed_until", UTCDateTime()),
     sa.Index("ix_queued_sync_scheduled_at", "scheduled_at"),
     sa.Index("ix_queued_sync_status_updated_at", "status", "updated_at"),
+    sa.Index("ix_queued_sync_status_scheduled_at", "status", "scheduled_at"),
 )
 
 notifications = sa.Table(
