@@ -1,0 +1,297 @@
+"""Prometheus metrics of a worker process (served on the health port's /metrics).
+
+Two kinds, because of how the numbers are produced:
+
+* Counted as jobs run (counters, histograms, the active-jobs gauge): prometheus-client
+  metric objects updated by the runtime's job listeners. With ``--processes`` the jobs run
+  in forked children, so these live in prometheus-client's multiprocess mode: every process
+  writes its own mmap'd file under PROMETHEUS_MULTIPROC_DIR and a scrape adds them up. When
+  the worker runs with processes and PROMETHEUS_MULTIPROC_DIR is not set, a private
+  directory is created (and removed at exit). A directory given by the operator must belong
+  to this one worker (systemd: its RuntimeDirectory); it is wiped at start, as
+  client_python's multiprocess guide requires.
+* Read at scrape time (queue depths, expired leases, Redis up and round trip, worker up and
+  start time, last backup): a custom collector in the serving process. Queue gauges cost one
+  pipelined round trip for all five queues (`QueueManager.counts_all()`) plus one PING per
+  scrape, whatever the number of jobs.
+
+Every worker reports all five queues' depths, so the series survive any one worker's death;
+aggregate them with ``max by (queue, state, priority)``, never ``sum`` (see docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("clarity.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+                    600, 1800)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
+                3600)
+OUTCOME_COUNTERS = {"completed": "completed", "failed": "failed", "retried": "retried"}
+PRIORITY_LABELS = ("critical", "high", "normal", "low", "other")
+
+
+def prepare_multiprocess(processes: bool) -> str | None:
+    """Choose the metrics mode before the first metric object is built.
+
+    Returns the multiprocess directory in use, or None for single-process mode.
+    """
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):  # files of a previous run would add up
+            stale.unlink(missing_ok=True)
+    elif processes:
+        path = tempfile.mkdtemp(prefix="clarity-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, True))
+    else:
+        return None
+    # prometheus-client picks its value class when first imported; if something imported
+    # it before the directory was known, pick again (metrics are only built after this).
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
+    return path
+
+
+class JobMetrics:
+    """Metric objects updated from the job listeners (any process of this worker)."""
+
+    def __init__(self, registry):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        labels = ["queue", "task"]
+        self.completed = Counter("clarity_jobs_completed", "Jobs that completed successfully",
+                                 labels, registry=registry)
+        self.failed = Counter("clarity_jobs_failed", "Jobs that failed for good (moved to the "
+                              "failed set)", labels, registry=registry)
+        self.retried = Counter("clarity_jobs_retried", "Job attempts that failed and were "
+                               "scheduled for a retry", labels, registry=registry)
+        self.other = Counter("clarity_jobs_other_outcomes", "Job executions ending otherwise: "
+                             "scheduled, interrupted (shutdown), expired, error (worker-side "
+                             "failure; redelivered after the lease)",
+                             [*labels, "outcome"], registry=registry)
+        self.redelivered = Counter("clarity_jobs_redelivered", "Job executions that were a "
+                                   "redelivery (delivery count > 1: an earlier worker died or "
+                                   "hung)", labels, registry=registry)
+        self.bad_messages = Counter("clarity_bad_messages", "Messages refused and parked in the "
+                                    "failed set (bad signature or unreadable)",
+                                    [*labels, "reason"], registry=registry)
+        self.duration = Histogram("clarity_job_duration_seconds", "Time spent running a job",
+                                  labels, buckets=DURATION_BUCKETS, registry=registry)
+        self.wait = Histogram("clarity_job_wait_seconds", "Time from a job being ready "
+                              "(enqueued, or due) to it starting", ["queue"],
+                              buckets=WAIT_BUCKETS, registry=registry)
+        self.active = Gauge("clarity_worker_active_jobs", "Jobs running in this worker now",
+                            registry=registry, multiprocess_mode="livesum")
+        self.reaped = Counter("clarity_leases_reaped", "Expired leases handled by the reaper: "
+                              "requeued, or abandoned after too many deliveries",
+                              ["queue", "outcome"], registry=registry)
+
+    # -- listeners (signatures set by worker.consumer) -----------------------------------
+
+    def job_started(self, job) -> None:
+        self.active.inc()
+
+    def job_finished(self, job, outcome: str, duration: float, wait: float) -> None:
+        self.active.dec()
+        counter = OUTCOME_COUNTERS.get(outcome)
+        if counter is not None:
+            getattr(self, counter).labels(job.queue, job.task).inc()
+        else:
+            self.other.labels(job.queue, job.task, outcome).inc()
+        if job.deliveries > 1:
+            self.redelivered.labels(job.queue, job.task).inc()
+        self.duration.labels(job.queue, job.task).observe(max(0.0, duration))
+        self.wait.labels(job.queue).observe(max(0.0, wait))
+
+    def bad_message(self, queue: str, task: str, reason: str) -> None:
+        self.bad_messages.labels(queue, task or "?", reason.replace(" ", "_")).inc()
+
+    def leases_reaped(self, queue: str, requeued: int, abandoned: int) -> None:
+        if requeued:
+            self.reaped.labels(queue, "requeued").inc(requeued)
+        if abandoned:
+            self.reaped.labels(queue, "abandoned").inc(abandoned)
+
+
+class ScrapeCollector:
+    """Gauges read when Prometheus scrapes: a fixed number of Redis calls per scrape."""
+
+    def __init__(self, probe, state, backup_file: str | None = None):
+        self.probe = probe  # worker.health.RedisProbe
+        self.state = state
+        self.backup_file = backup_file
+
+    def describe(self):
+        return []  # no up-front description: collect() touches Redis only when scraped
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("clarity_worker_up", "1 while this worker's consumer loop runs")
+        up.add_metric([], 1.0)
+        yield up
+        started = GaugeMetricFamily("clarity_worker_start_time_seconds",
+                                    "Unix time this worker process started", unit="")
+        started.add_metric([], self.state.started_at)
+        yield started
+
+        rtt = self.probe.ping()
+        redis_up = GaugeMetricFamily("clarity_redis_up", "1 when Redis answered PING")
+        redis_up.add_metric([], 1.0 if rtt is not None else 0.0)
+        yield redis_up
+        if rtt is not None:
+            g = GaugeMetricFamily("clarity_redis_roundtrip_seconds",
+                                  "Time of one PING round trip to Redis, at scrape")
+            g.add_metric([], rtt)
+            yield g
+            counts = self.probe.counts()
+            if counts is not None:
+                yield from self._queue_families(counts)
+
+        stamp = read_backup_timestamp(self.backup_file)
+        if stamp is not None:
+            g = GaugeMetricFamily("clarity_backup_last_success_timestamp_seconds",
+                                  "Unix time of the last verified Redis backup (from "
+                                  "BACKUP_TIMESTAMP_FILE)")
+            g.add_metric([], stamp)
+            yield g
+
+    @staticmethod
+    def _queue_families(counts: dict):
+        from prometheus_client.core import GaugeMetricFamily
+
+        jobs = GaugeMetricFamily("clarity_jobs", "Jobs by queue, state and priority (priority "
+                                 "only for waiting jobs, else 'all')",
+                                 labels=["queue", "state", "priority"])
+        expired = GaugeMetricFamily("clarity_expired_leases", "Running jobs whose lease has "
+                                    "expired and not been reaped yet", labels=["queue"])
+        paused = GaugeMetricFamily("clarity_queue_paused", "1 when the queue is paused",
+                                   labels=["queue"])
+        for queue, c in counts.items():
+            for priority in PRIORITY_LABELS:
+                jobs.add_metric([queue, "waiting", priority],
+                                c["waitingByPriority"].get(priority, 0))
+            for state in ("delayed", "active", "failed"):
+                jobs.add_metric([queue, state, "all"], c[state])
+            expired.add_metric([queue], c["expiredLeases"])
+            paused.add_metric([queue], 1.0 if c["paused"] else 0.0)
+        yield jobs
+        yield expired
+        yield paused
+
+
+def read_backup_timestamp(path: str | None) -> float | None:
+    """The backup script's node_exporter textfile (or a file holding just the number)."""
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            return float(line.split()[-1])
+        except ValueError:
+            continue
+    return None
+
+
+class WorkerMetrics:
+    """Everything /metrics serves for one worker process (and its forked children)."""
+
+    def __init__(self, state, probe, processes: bool = False,
+                 backup_file: str | None = None):
+        from prometheus_client import CollectorRegistry
+
+        self.multiproc_dir = prepare_multiprocess(processes)
+        # Job metrics go to a private registry in single-process mode (a test may build
+        # several workers in one interpreter); in multiprocess mode they are read from files.
+        self._own = CollectorRegistry(auto_describe=False)
+        self.jobs = JobMetrics(self._own)
+        self.scrape = ScrapeCollector(probe, state, backup_file)
+        self.started = time.time()
+
+    def attach(self, runner) -> None:
+        """Subscribe to the runtime's hooks (call before the consumers start)."""
+        from worker import consumer
+
+        state = runner.state
+        state.listeners.append(self.jobs.job_finished)
+        original = state.job_started
+
+        def job_started(job, _original=original):
+            _original(job)
+            self.jobs.job_started(job)
+
+        # RuntimeState has finish listeners only; count starts on this worker's instance.
+        state.job_started = job_started
+        for c in runner.consumers:
+            c.huey.bad_message_hook = self.jobs.bad_message
+        if self.jobs.leases_reaped not in consumer.REAP_LISTENERS:
+            consumer.REAP_LISTENERS.append(self.jobs.leases_reaped)
+
+    def registry(self):
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        if self.multiproc_dir is None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Forward(self._own))
+        else:
+            registry = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
+        registry.register(self.scrape)
+        return registry
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry()), CONTENT_TYPE_LATEST
+
+    def totals(self) -> dict[str, float]:
+        """Completed, failed, retried and active counts of this worker (all its processes)."""
+        out = {"completed": 0.0, "failed": 0.0, "retried": 0.0, "active": 0.0}
+        names = {"clarity_jobs_completed_total": "completed",
+                 "clarity_jobs_failed_total": "failed",
+                 "clarity_jobs_retried_total": "retried",
+                 "clarity_worker_active_jobs": "active"}
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        if self.multiproc_dir is None:
+            families = self._own.collect()
+        else:
+            registry = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
+            families = registry.collect()
+        for family in families:
+            for sample in family.samples:
+                key = names.get(sample.name)
+                if key:
+                    out[key] += sample.value
+        return out
+
+
+class _Forward:
+    """Serve another registry's metrics from a per-scrape registry."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def collect(self):
+        return self.registry.collect()
