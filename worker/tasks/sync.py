@@ -14,6 +14,7 @@ import datetime as dt
 import enum
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -42,6 +43,7 @@ log = logging.getLogger("clarity.tasks.sync")
 PROVIDER = "yodlee"
 MONEY_PLACES = Decimal("0.0001")
 QUANTITY_PLACES = Decimal("0.00000001")
+FETCH_THREADS = 2
 
 
 class SyncType(str, enum.Enum):
@@ -149,20 +151,33 @@ def run_sync(user_id: int, sync_type: SyncType = SyncType.MANUAL, *,
         t0 = time.perf_counter()
         accounts = client.accounts(login)
         result.fetch_seconds += time.perf_counter() - t0
-        for account in accounts:
-            t0 = time.perf_counter()
+        # Fetch the next accounts while this one is written: network and database overlap.
+        # A small pool: the provider rate-limits per user, and order is kept for the log.
+        def fetch(account: dict):
+            t = time.perf_counter()
             provider_id = str(account["id"])
-            account_holdings = client.holdings(login, provider_id)
-            account_transactions = client.transactions(login, provider_id, from_date)
-            t1 = time.perf_counter()
-            result.fetch_seconds += t1 - t0
-            with engine.begin() as conn:
-                result.rows_changed += apply_account(conn, user_id, account, account_holdings,
-                                                     account_transactions)
-            result.db_seconds += time.perf_counter() - t1
-            result.accounts += 1
-            result.holdings += len(account_holdings)
-            result.transactions += len(account_transactions)
+            data = (client.holdings(login, provider_id),
+                    client.transactions(login, provider_id, from_date))
+            return data, time.perf_counter() - t
+
+        with ThreadPoolExecutor(max_workers=FETCH_THREADS,
+                                thread_name_prefix="sync-fetch") as pool:
+            futures = [pool.submit(fetch, account) for account in accounts]
+            try:
+                for account, future in zip(accounts, futures, strict=True):
+                    (account_holdings, account_transactions), fetch_time = future.result()
+                    result.fetch_seconds += fetch_time
+                    t1 = time.perf_counter()
+                    with engine.begin() as conn:
+                        result.rows_changed += apply_account(
+                            conn, user_id, account, account_holdings, account_transactions)
+                    result.db_seconds += time.perf_counter() - t1
+                    result.accounts += 1
+                    result.holdings += len(account_holdings)
+                    result.transactions += len(account_transactions)
+            finally:
+                for future in futures:
+                    future.cancel()
         t0 = time.perf_counter()
         with engine.begin() as conn:
             result.snapshot = update_portfolio(conn, user_id, today)
