@@ -1,0 +1,78 @@
+"""The migration's settings, read like the queue core's: environment and `.env`, typed,
+and a bad value raises `SettingsError` naming the variable.
+
+| variable                  | default  | meaning                                               |
+|---------------------------|----------|-------------------------------------------------------|
+| ENABLE_QUEUE              | false    | off: every job goes to the legacy table               |
+| MIGRATION_MODE            | testing  | testing, gradual or immediate                         |
+| MIGRATION_PERCENTAGE      | 10       | testing: share of users (0..100) whose jobs use queues|
+| MIGRATE_HIGH_PRIORITY     | true     | gradual: HIGH and CRITICAL jobs use the queues        |
+| MIGRATE_MEDIUM_PRIORITY   | false    | gradual: NORMAL jobs (priority 3, 4) use the queues   |
+| MIGRATE_LOW_PRIORITY      | false    | gradual: LOW jobs (priority 1, 2) use the queues      |
+| FALLBACK_TO_LEGACY        | true     | Redis cannot take a job: write it to the legacy table |
+| MIGRATE_EXISTING_JOBS     | false    | allow `clarity migrate run` to move legacy rows       |
+| BREAKER_FAILURE_THRESHOLD | 3        | consecutive Redis failures that open the breaker      |
+| BREAKER_RESET_SECONDS     | 5        | open this long, then one probe (half-open)            |
+| MIGRATION_OVERRIDE_TTL    | 2        | seconds the router caches the rollback switch         |
+| LEGACY_CLAIM_SECONDS      | 300      | a claim older than this was a crashed poller's        |
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from functools import lru_cache
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.settings import SettingsError
+
+
+class MigrationMode(str, enum.Enum):
+    TESTING = "testing"
+    GRADUAL = "gradual"
+    IMMEDIATE = "immediate"
+
+
+class MigrationSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=os.environ.get("CLARITY_ENV_FILE", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,
+    )
+
+    enable_queue: bool = False
+    migration_mode: MigrationMode = MigrationMode.TESTING
+    migration_percentage: float = Field(default=10.0, ge=0, le=100)
+    migrate_high_priority: bool = True
+    migrate_medium_priority: bool = False
+    migrate_low_priority: bool = False
+    fallback_to_legacy: bool = True
+    migrate_existing_jobs: bool = False
+    breaker_failure_threshold: int = Field(default=3, ge=1, le=1000)
+    breaker_reset_seconds: float = Field(default=5.0, gt=0, le=3600)
+    migration_override_ttl: float = Field(default=2.0, ge=0, le=300)
+    legacy_claim_seconds: float = Field(default=300.0, gt=0, le=86_400)
+
+
+def load_migration_settings(**overrides) -> MigrationSettings:
+    try:
+        return MigrationSettings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = error.get("loc") or ("settings",)
+            lines.append(f"  {str(loc[0]).upper()}: {error.get('msg', 'invalid value')}")
+        raise SettingsError("invalid migration configuration:\n" + "\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_migration_settings() -> MigrationSettings:
+    return load_migration_settings()
+
+
+def reset_migration_settings_cache() -> None:
+    get_migration_settings.cache_clear()
