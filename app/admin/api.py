@@ -15,13 +15,22 @@ bp = Blueprint("api", __name__, url_prefix="/api/admin")
 
 @bp.before_request
 def _rate_limit():
-    if request.endpoint != "api.openapi":
+    # openapi: public documentation; auth: nginx's auth_request subrequest, limited by
+    # nginx's limit_req in front of the location that asked.
+    if request.endpoint not in ("api.openapi", "api.auth_check"):
         limit("admin-api", "admin_rate_limit")
 
 
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(spec(request.host_url.rstrip("/")))
+
+
+@bp.get("/auth")
+@require("read")
+def auth_check():
+    """204 for a valid admin or read-only key: nginx's auth_request for worker health."""
+    return "", 204
 
 
 @bp.get("/queue")

@@ -293,6 +293,15 @@ def spec(server_url: str = "") -> dict:
                     },
                 },
             },
+            "/api/admin/auth": {
+                "get": {
+                    "operationId": "checkKey",
+                    "summary": "204 when the key is an admin or read-only key (nginx "
+                               "auth_request for /queue/health and /workers/...)",
+                    "responses": {"204": {"description": "The key is valid"},
+                                  "401": AUTH_ERRORS["401"], "403": AUTH_ERRORS["403"]},
+                },
+            },
             "/api/admin/openapi.json": {
                 "get": {
                     "operationId": "openapi",
