@@ -148,9 +148,9 @@ def smtp_server(handler_env):
     from aiosmtpd.controller import Controller
 
     handler = CapturingHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=0)
+    port = _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
-    port = controller.server.sockets[0].getsockname()[1]
     handler_env(smtp_host="127.0.0.1", smtp_port=port, smtp_security="none",
                 smtp_from="Income Clarity <no-reply@clarity.test>")
     yield handler
