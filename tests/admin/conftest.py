@@ -76,3 +76,23 @@ def make_failed(manager: QueueManager, queue="sync", n=1, error="boom") -> list[
                                    attempts=1)])
         ids.append(lease.id)
     return ids
+
+
+@pytest.fixture(scope="session")
+def open_stack(redis_server, tmp_path_factory):
+    """nginx → gunicorn → app with limits raised out of the way (schemathesis, browser)."""
+    from tests.admin.stack import Stack, have_e2e_tools
+    from tests.conftest import clarity_env
+
+    missing = have_e2e_tools()
+    if missing:
+        pytest.skip(f"needs {missing} (apt-get install nginx openssl)")
+    env = clarity_env(redis_server, "open", **KEY_SETTINGS,
+                      admin_rate_limit="100000 per minute", enqueue_rate_limit="100000 per minute",
+                      dashboard_rate_limit="100000 per minute",
+                      dashboard_refresh_seconds="1")
+    stack = Stack(tmp_path_factory.mktemp("open-stack"), env,
+                  nginx_vars={"nginx_admin_rate": "10000r/s", "nginx_admin_burst": 10000})
+    stack.start()
+    yield stack
+    stack.stop()
