@@ -1,0 +1,275 @@
+"""`clarity doctor`: check that Redis and the workers are set up the way the queue needs.
+
+Each check prints OK, WARN or FAIL; every WARN and FAIL says how to fix it. The exit status
+is 1 when any check fails (warnings alone exit 0), 2 when the configuration cannot be read.
+
+Checks, in order (the Redis ones stop at the first that makes the rest meaningless):
+  reachability   TCP connect and PING
+  auth           the password works, and Redis refuses clients without one
+  eviction       maxmemory-policy noeviction (an LRU policy silently drops jobs), maxmemory set
+  persistence    AOF on (INFO persistence, so it works while CONFIG is renamed)
+  commands       FLUSHALL, FLUSHDB, KEYS, DEBUG, CONFIG renamed or disabled (COMMAND INFO)
+  clock          host clock vs Redis TIME (leases and delayed jobs compare the two)
+  workers        a live heartbeat (under 30 s old) for every queue
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import click
+
+DANGEROUS = ("flushall", "flushdb", "keys", "debug", "config")
+MAX_SKEW_SECONDS = 1.0
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+class Doctor:
+    def __init__(self, settings, config_command: str | None = None, queues=None,
+                 check_workers: bool = True):
+        import redis
+
+        self.settings = settings
+        self.config_command = config_command
+        self.queues = list(queues) if queues else None
+        self.check_workers = check_workers
+        self.where = settings.redis_display()
+        self.client = redis.Redis.from_url(settings.redis_connection_url(), socket_timeout=3,
+                                           socket_connect_timeout=3)
+        # COMMAND INFO answers nil for unknown (renamed) commands; redis-py's parser
+        # cannot take that, so read the raw reply.
+        self.client.set_response_callback("COMMAND", lambda response, **kw: response)
+        self.results: list[Check] = []
+
+    def add(self, name, status, detail, fix=""):
+        self.results.append(Check(name, status, detail, fix))
+
+    def run(self) -> list[Check]:
+        if self.check_connection():
+            self.check_auth()
+            self.check_memory()
+            self.check_persistence()
+            self.check_commands()
+            self.check_clock()
+            if self.check_workers:
+                self.check_heartbeats()
+        return self.results
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status == "fail" for c in self.results)
+
+    # -- checks --------------------------------------------------------------------------
+
+    def check_connection(self) -> bool:
+        from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+
+        start = time.perf_counter()
+        try:
+            self.client.ping()
+        except AuthenticationError as exc:
+            self.add("reachability", "ok", f"{self.where} is reachable")
+            self.add("auth", "fail", f"Redis refused the password: {exc}",
+                     "set REDIS_PASSWORD (or the password in REDIS_URL) to Redis' requirepass")
+            return False
+        except ResponseError as exc:
+            if "NOAUTH" in str(exc):
+                self.add("reachability", "ok", f"{self.where} is reachable")
+                self.add("auth", "fail", "Redis requires a password and none is configured",
+                         "set REDIS_PASSWORD (or redis://:PASSWORD@host:port/db in REDIS_URL)")
+                return False
+            raise
+        except (ConnectionError, OSError) as exc:
+            self.add("reachability", "fail", f"cannot reach Redis at {self.where}: {exc}",
+                     "start redis-server (systemctl start redis-server, or `make up` for a "
+                     "local stack) and check REDIS_HOST/REDIS_PORT or REDIS_URL and firewalls")
+            return False
+        rtt = (time.perf_counter() - start) * 1000
+        self.add("reachability", "ok", f"{self.where} answers PING ({rtt:.1f} ms)")
+        return True
+
+    def check_auth(self):
+        from redis.exceptions import RedisError
+
+        import redis
+
+        kwargs = self.client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            anonymous = redis.Redis(unix_socket_path=kwargs["path"], socket_timeout=3)
+        else:
+            anonymous = redis.Redis(host=kwargs.get("host", "127.0.0.1"),
+                                    port=kwargs.get("port", 6379), socket_timeout=3,
+                                    socket_connect_timeout=3, ssl=bool(kwargs.get("ssl")))
+        try:
+            anonymous.ping()
+        except RedisError:
+            self.add("auth", "ok", "password accepted; clients without it are refused")
+            return
+        finally:
+            anonymous.close()
+        self.add("auth", "fail", "Redis answers clients that give no password",
+                 "set `requirepass` (or ACL users) in redis.conf and REDIS_PASSWORD for Clarity")
+
+    def check_memory(self):
+        info = self.client.info("memory")
+        policy = str(info.get("maxmemory_policy", "?"))
+        if policy != "noeviction":
+            self.add("eviction", "fail",
+                     f"maxmemory-policy is {policy}: Redis evicts keys under memory pressure, "
+                     "which silently deletes queued jobs",
+                     "set `maxmemory-policy noeviction` in redis.conf and restart (or "
+                     "CONFIG SET maxmemory-policy noeviction); alert on memory instead")
+        else:
+            self.add("eviction", "ok", "maxmemory-policy noeviction")
+        if not int(info.get("maxmemory", 0) or 0):
+            self.add("maxmemory", "warn", "maxmemory is 0 (no limit): Redis can take the "
+                     "host's memory and the memory alert cannot work",
+                     "set `maxmemory` to about 75 % of the host's RAM in redis.conf")
+
+    def check_persistence(self):
+        info = self.client.info("persistence")
+        if int(info.get("aof_enabled", 0)):
+            self.add("persistence", "ok", "AOF on")
+        else:
+            self.add("persistence", "fail", "AOF is off: a Redis restart loses every job since "
+                     "the last RDB snapshot",
+                     "set `appendonly yes` and `appendfsync everysec` in redis.conf (or "
+                     "CONFIG SET appendonly yes, then make it permanent in the file)")
+        if self.config_command:
+            from redis.exceptions import RedisError
+
+            try:
+                got = self.client.execute_command(self.config_command, "GET", "appendfsync")
+                value = _text(dict(_pairs(got)).get(b"appendfsync", b"?"))
+            except RedisError as exc:
+                self.add("config", "warn", f"{self.config_command} GET failed: {exc}",
+                         "pass the renamed CONFIG command's name with --config-command")
+                return
+            if value != "everysec" and value != "always":
+                self.add("persistence", "warn", f"appendfsync is {value}",
+                         "set `appendfsync everysec` (at most 1 s of writes lost)")
+
+    def check_commands(self):
+        reply = self.client.execute_command("COMMAND", "INFO", *DANGEROUS)
+        exposed = [name.upper() for name, entry in zip(DANGEROUS, reply, strict=False)
+                   if entry is not None]
+        if exposed:
+            self.add("commands", "fail", f"dangerous commands are callable under their own "
+                     f"names: {', '.join(exposed)}",
+                     "add `rename-command NAME \"\"` (or an unguessable name) for each in "
+                     "redis.conf; never rename EVAL/EVALSHA, DEL, SCAN, INFO, CLIENT, TIME")
+        else:
+            self.add("commands", "ok", "FLUSHALL, FLUSHDB, KEYS, DEBUG and CONFIG are renamed")
+
+    def check_clock(self):
+        before = time.time()
+        seconds, micros = self.client.time()
+        after = time.time()
+        redis_now = seconds + micros / 1e6
+        skew = redis_now - (before + after) / 2
+        detail = f"Redis clock is {abs(skew):.3f}s {'ahead of' if skew > 0 else 'behind'} " \
+                 "this host"
+        if abs(skew) > MAX_SKEW_SECONDS:
+            self.add("clock", "fail", detail + ": leases expire early or late and delayed "
+                     "jobs run off time",
+                     "run time synchronisation on both hosts (systemd-timesyncd or chrony: "
+                     "`timedatectl set-ntp true`)")
+        else:
+            self.add("clock", "ok", detail)
+
+    def check_heartbeats(self):
+        from worker.management import QueueManager
+        from worker.queues import QUEUE_NAMES
+
+        workers = QueueManager(self.settings, client=self.client).workers()
+        for queue in self.queues or QUEUE_NAMES:
+            mine = [w for w in workers if w["queue"] == queue]
+            alive = [w for w in mine if w["alive"]]
+            stale = [w for w in mine if not w["alive"]]
+            if alive:
+                names = ", ".join(sorted({w["name"].rsplit(":", 1)[0] for w in alive}))
+                self.add(f"workers:{queue}", "ok", f"{len(alive)} live worker(s): {names}")
+            else:
+                since = (f"; last heartbeat {min(w['secondsSinceHeartbeat'] for w in stale):.0f}s "
+                         "ago") if stale else ""
+                self.add(f"workers:{queue}", "fail", f"no live worker consumes {queue}{since}",
+                         f"start one: `systemctl start clarity-worker@{queue}` (or "
+                         f"`clarity worker --queue {queue}`)")
+            if alive and stale:
+                self.add(f"workers:{queue}", "warn",
+                         f"{len(stale)} stale heartbeat(s) of stopped workers",
+                         "harmless; they age out of the admin's worker list")
+
+
+def _pairs(reply):
+    if isinstance(reply, dict):
+        return reply.items()
+    return zip(reply[::2], reply[1::2], strict=False)
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+MARK = {"ok": ("OK", "green"), "warn": ("WARN", "yellow"), "fail": ("FAIL", "red")}
+
+
+@click.command("doctor")
+@click.option("--config-command", default=None, metavar="NAME",
+              help="The renamed CONFIG command (rename-command CONFIG NAME), for the checks "
+                   "that need CONFIG GET; the others use INFO and COMMAND INFO.")
+@click.option("-q", "--queue", "queues", multiple=True,
+              help="Queue that needs a live worker; repeat (default: all five).")
+@click.option("--no-workers", is_flag=True, help="Check Redis only, not worker heartbeats.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(config_command, queues, no_workers, as_json):
+    """Check Redis and the workers: reachability, auth, eviction policy, AOF, renamed
+    commands, clock skew, heartbeats. Exits 1 when something is wrong."""
+    from worker.queues import QUEUE_NAMES
+    from worker.settings import SettingsError, load_settings
+
+    unknown = [q for q in queues if q not in QUEUE_NAMES]
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}: expected "
+                                 f"{', '.join(QUEUE_NAMES)}", param_hint="--queue")
+    pre: list[Check] = []
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        if "JOB_SIGNING_SECRET" not in str(exc) or str(exc).count("\n") > 1:
+            raise click.ClickException(str(exc)) from None
+        # Only the signing secret is missing: the Redis checks still make sense.
+        pre.append(Check("signing secret", "fail", "JOB_SIGNING_SECRET is not set: workers "
+                         "and producers refuse to start",
+                         "set JOB_SIGNING_SECRET (the same on every host): "
+                         "`python3 -c 'import secrets; print(secrets.token_hex(32))'`"))
+        settings = load_settings(JOB_SIGNING_SECRET="0" * 32)
+    doc = Doctor(settings, config_command, queues, check_workers=not no_workers)
+    results = pre + doc.run()
+    failed = any(c.status == "fail" for c in results)
+    if as_json:
+        click.echo(json.dumps({"ok": not failed, "checks": [asdict(c) for c in results]},
+                              indent=2))
+    else:
+        for c in results:
+            label, color = MARK[c.status]
+            click.echo(f"{click.style(f'{label:<4}', fg=color, bold=True)}  {c.name:<20} "
+                       f"{c.detail}")
+            if c.fix:
+                click.echo(f"      {'':<20} fix: {c.fix}")
+        problems = sum(c.status == "fail" for c in results)
+        warnings = sum(c.status == "warn" for c in results)
+        summary = (f"{problems} problem(s), {warnings} warning(s)" if problems or warnings
+                   else "everything looks right")
+        click.echo(f"\nclarity doctor: {summary} (Redis at {settings.redis_display()})")
+    sys.exit(1 if failed else 0)

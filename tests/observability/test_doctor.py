@@ -1,0 +1,102 @@
+"""`clarity doctor` against real redis-servers set up right and wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import clarity_env, wait_for
+from tests.redis_server import REPO, RedisServer
+from worker.management import QueueManager
+from worker.queues import QUEUE_NAMES
+
+CONFIG_COMMAND = "CLARITY_CONFIG_b3f1c9"  # as renamed in redis/redis.conf
+
+
+class Target:
+    """Just enough of a RedisServer for clarity_env(): its connection settings."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+
+def doctor(server, prefix, *args):
+    env = {**os.environ, **clarity_env(server, prefix), "CLARITY_ENV_FILE": "/nonexistent"}
+    result = subprocess.run([sys.executable, "-m", "app", "doctor", "--json", *args], env=env,
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout, result.stderr
+    doc = json.loads(result.stdout)
+    return result.returncode, {c["name"]: c for c in doc["checks"]}, doc
+
+
+def test_doctor_passes_redis_conf_with_live_workers(redis_server, env, prefix, workers):
+    workers(queues=QUEUE_NAMES, concurrency=1, lease_seconds=1.5)  # heartbeat every 0.5 s
+    manager = QueueManager()
+    wait_for(lambda: {w["queue"] for w in manager.workers() if w["alive"]} == set(QUEUE_NAMES),
+             message="heartbeats of all five queues")
+    code, checks, doc = doctor(redis_server, prefix, "--config-command", CONFIG_COMMAND)
+    assert code == 0, checks
+    assert doc["ok"] is True
+    for name in ("reachability", "auth", "eviction", "persistence", "commands", "clock",
+                 "workers:sync", "workers:notifications"):
+        assert checks[name]["status"] == "ok", checks[name]
+
+
+def test_doctor_flags_allkeys_lru_aof_off_exposed_commands_and_missing_workers(tmp_path,
+                                                                                prefix):
+    server = RedisServer(tmp_path / "lru", extra=(
+        "--maxmemory-policy", "allkeys-lru", "--appendonly", "no")).start()
+    try:
+        code, checks, _ = doctor(server, prefix, "--queue", "sync")
+    finally:
+        server.stop()
+    assert code == 1
+    assert checks["eviction"]["status"] == "fail"
+    assert "allkeys-lru" in checks["eviction"]["detail"]
+    assert "noeviction" in checks["eviction"]["fix"]
+    assert checks["persistence"]["status"] == "fail"
+    assert checks["workers:sync"]["status"] == "fail"
+    assert "clarity-worker@sync" in checks["workers:sync"]["fix"]
+    assert "workers:email" not in checks  # only the queues asked for
+
+
+def test_doctor_flags_a_redis_without_password_or_renames(tmp_path, prefix):
+    import shutil
+    import subprocess as sp
+
+    from tests.redis_server import free_port
+
+    assert shutil.which("redis-server")
+    port = free_port()
+    proc = sp.Popen(["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+                    stdout=sp.DEVNULL)
+    try:
+        bare = Target({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_DB": "0"})
+        wait_for(lambda: sp.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                check=False).stdout.strip() == b"PONG", message="bare redis")
+        code, checks, _ = doctor(bare, prefix, "--no-workers")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert code == 1
+    assert checks["auth"]["status"] == "fail"
+    assert checks["commands"]["status"] == "fail"
+    assert "FLUSHALL" in checks["commands"]["detail"]
+    assert "CONFIG" in checks["commands"]["detail"]
+
+
+def test_doctor_says_how_to_fix_an_unreachable_redis_or_a_wrong_password(redis_server,
+                                                                        prefix):
+    from tests.redis_server import free_port
+
+    nowhere = Target({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()),
+                      "REDIS_DB": "0"})
+    code, checks, _ = doctor(nowhere, prefix)
+    assert code == 1 and checks["reachability"]["status"] == "fail"
+    assert "redis-server" in checks["reachability"]["fix"]
+
+    wrong = Target({**redis_server.env, "REDIS_PASSWORD": "not-the-password"})
+    code, checks, _ = doctor(wrong, prefix)
+    assert code == 1 and checks["auth"]["status"] == "fail"
