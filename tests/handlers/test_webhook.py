@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from huey.exceptions import CancelExecution
 
-import worker.tasks.email  # noqa: F401 - declares send_email for the fan-out
+import worker.tasks.email  # declares send_email for the fan-out
 import worker.tasks.sync  # noqa: F401 - declares sync_user
 from tests.handlers.conftest import WEBHOOK_SECRET, waiting_jobs
 from worker.db.schema import notifications, webhook_events
