@@ -35,7 +35,9 @@ from app.migration.breaker import CircuitBreaker
 from app.migration.config import MigrationSettings
 from app.migration.legacy import LegacyStore, NewRow, Origin
 from app.migration.router import LEGACY, QUEUE, Router
+from redis import exceptions
 from worker.producer import JobRequest, enqueue_many, validate
+from worker.registry import load_task_modules
 from worker.settings import Settings
 
 log = logging.getLogger("clarity.migration.fallback")
@@ -60,11 +62,21 @@ class Submitted:
     reason: str = ""
 
 
+# redis-py strips the error code from these, so match them by class.
+REFUSAL_TYPES = (exceptions.OutOfMemoryError, exceptions.ReadOnlyError,
+                 exceptions.BusyLoadingError, exceptions.MasterDownError,
+                 exceptions.NoPermissionError, exceptions.TryAgainError,
+                 exceptions.ClusterDownError, exceptions.AuthenticationError)
+
+
 def certainly_not_sent(exc: Exception) -> bool:
+    """True when Redis surely holds nothing of the call: refused before running it (OOM,
+    read-only replica, loading, ...) or never reached (connection refused). A timeout or
+    a connection lost while waiting for the reply is "unsure"."""
+    if isinstance(exc, REFUSAL_TYPES):
+        return True
     if isinstance(exc, redis.ResponseError):
         return str(exc).split(" ", 1)[0].upper() in REFUSALS
-    if isinstance(exc, redis.AuthenticationError):
-        return True
     if isinstance(exc, redis.ConnectionError) and not isinstance(exc, redis.TimeoutError):
         # redis-py: "Error 111 connecting to host:port. Connection refused."
         return " connecting to " in str(exc)
@@ -136,6 +148,7 @@ class Dispatcher:
             migration, client, settings.redis_key_prefix,
             can_ask=lambda: self.breaker.state.value == "closed")
         self.counters = Counters(stats_key(settings.redis_key_prefix))
+        load_task_modules(settings.task_modules)
 
     @property
     def store(self) -> LegacyStore:
@@ -148,11 +161,12 @@ class Dispatcher:
         prepared = []
         for job in jobs:
             req = job.request
-            queue, task, payload, priority, eta = validate(req)
+            checked = validate(req)  # (queue, task or spec, payload, priority, eta)
+            priority, eta = checked[3], checked[4]
             job_id = req.job_id or uuid.uuid4().hex
             key = req.idempotency_key or f"job:{job_id}"
-            prepared.append((job, JobRequest(queue, task, payload, priority, req.delay,
-                                              req.scheduled_at, key, job_id), eta,
+            prepared.append((job, JobRequest(req.queue, req.task, req.payload, priority,
+                                              req.delay, req.scheduled_at, key, job_id), eta,
                              req.idempotency_key is not None))
         # 2. Route.
         results: list[Submitted | None] = [None] * len(prepared)
@@ -213,7 +227,7 @@ class Dispatcher:
                                req.job_id, req.idempotency_key, eta))
         ids = self.store.insert(rows)
         route = LEGACY if origin == Origin.ROUTED else "fallback"
-        for (i, reason), job_id, row in zip(items, ids, strict=True):
+        for (i, reason), job_id, row in zip(items, ids, rows, strict=True):
             results[i] = Submitted(job_id, row.queue, row.task, job_id == row.job_id, route,
                                    reason)
             self.counters.add("legacy" if row.origin == Origin.ROUTED else row.origin)

@@ -259,9 +259,11 @@ class LegacyStore:
         with self.engine.connect() as conn:
             by_status = dict(conn.execute(
                 sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
-            by_origin = dict(conn.execute(
-                sa.select(sa.func.coalesce(t.c.origin, Origin.LEGACY), sa.func.count())
-                .group_by(sa.func.coalesce(t.c.origin, Origin.LEGACY))).all())
+            by_origin: dict[str, int] = {}
+            for origin, n in conn.execute(
+                    sa.select(t.c.origin, sa.func.count()).group_by(t.c.origin)).all():
+                origin = origin or Origin.LEGACY
+                by_origin[origin] = by_origin.get(origin, 0) + n
         backlog = sum(by_status.get(s, 0) for s in
                       (Status.PENDING, Status.PROCESSING, Status.MIGRATING))
         return {"status": by_status, "origin": by_origin, "backlog": backlog}
