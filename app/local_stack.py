@@ -525,6 +525,7 @@ def watch(stack: Stack, stop: threading.Event, live: bool, interval: float):
                     return error
                 snap = stack.snapshot()
                 display.update(render_table(snap, rates.update(snap)))
+        click.echo("")
         return None
     rates.update(stack.snapshot())
     while not stop.wait(interval):

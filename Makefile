@@ -1,0 +1,52 @@
+# Clarity job system: one command to run it locally, one to test it.
+#
+#   make up          install what is missing (Debian's redis-server, the venv), then
+#                    `clarity up`: Redis, a worker per queue and the admin app until Ctrl-C
+#   make up UP_ARGS="--redis-port 6391 --admin-port 8081"
+#   make doctor      `clarity doctor` against the local stack
+#   make test        the whole test suite
+#
+# Needs Debian or Ubuntu with python3 >= 3.11; uses sudo for apt-get unless run as root.
+
+PYTHON ?= python3
+VENV ?= .venv
+STATE_DIR ?= .state
+UP_ARGS ?=
+PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+
+.PHONY: help up doctor test system-deps
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+up: system-deps $(VENV)/.installed
+	$(VENV)/bin/clarity up --state-dir $(STATE_DIR) $(UP_ARGS)
+
+doctor: $(VENV)/.installed
+	CLARITY_ENV_FILE=$(STATE_DIR)/dev-secrets.env $(VENV)/bin/clarity doctor
+
+test: system-deps $(VENV)/.installed-dev
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Debian packages: redis-server (clarity up and the tests start private instances; the
+# packaged service on 6379 is not used) and python3-venv (Debian's python3 lacks venv).
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	    echo "redis-server is missing: installing Debian's redis-server"; \
+	    $(SUDO) apt-get update && $(APT_INSTALL) redis-server; }
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	    echo "python3 venv support is missing: installing python3-venv"; \
+	    $(SUDO) apt-get update && $(APT_INSTALL) python3-venv; }
+
+# The venv, re-installed when pyproject.toml changes (editable: code changes need nothing).
+$(VENV)/.installed: pyproject.toml
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
