@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 
@@ -64,8 +65,15 @@ TEXT_FORMAT = ("%(asctime)s %(levelname)-7s %(worker)s [%(queue)s %(job_id)s] "
                "%(name)s: %(message)s")
 
 
+def debug_requested() -> bool:
+    """DEBUG=1 (or true/yes/on) in the environment forces DEBUG level, whatever LOG_LEVEL."""
+    return os.environ.get("DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     """fmt: 'json', 'text' or 'auto' (text on a terminal, JSON otherwise)."""
+    if debug_requested():
+        level = "DEBUG"
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
