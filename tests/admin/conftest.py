@@ -90,7 +90,7 @@ def open_stack(redis_server, tmp_path_factory):
     env = clarity_env(redis_server, "open", **KEY_SETTINGS,
                       admin_rate_limit="100000 per minute", enqueue_rate_limit="100000 per minute",
                       dashboard_rate_limit="100000 per minute",
-                      dashboard_refresh_seconds="1")
+                      dashboard_refresh_seconds="2")
     stack = Stack(tmp_path_factory.mktemp("open-stack"), env,
                   nginx_vars={"nginx_admin_rate": "10000r/s", "nginx_admin_burst": 10000})
     stack.start()

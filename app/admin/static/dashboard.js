@@ -73,7 +73,8 @@
     if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) { return; }
     var button = form.querySelector("button");
     if (button) { button.disabled = true; }
-    fetch(form.action, {
+    // form.action would be the <input name="action">, not the attribute.
+    fetch(form.getAttribute("action"), {
       method: "POST", body: new FormData(form), credentials: "same-origin",
       headers: {"X-CSRF-Token": csrf, "X-Requested-With": "fetch", "Accept": "application/json"}
     })

@@ -1,0 +1,98 @@
+"""A person at the dashboard: headless Chromium (Debian's) logs in through nginx over TLS,
+clicks Retry on a failed job, and a real `clarity worker` runs it. Screenshots go to
+tests/artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.admin.conftest import ADMIN, ADMIN_KEY
+from tests.admin.stack import free_port
+from tests.conftest import WorkerProcess, clarity_env, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                       reason="needs Debian's chromium and chromium-driver"),
+]
+PREFIX = "open"  # the open_stack's key prefix
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    options.accept_insecure_certs = True  # the test's self-signed certificate
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_operator_logs_in_and_retries_a_failed_job_which_then_runs(
+        open_stack, redis_server, browser, artifacts, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    client = redis_server.client()
+    with open_stack.client() as api:
+        for queue in ("sync", "email", "cleanup", "webhook", "notifications"):
+            api.post("/api/admin/queue", json={"action": "resume", "queue": queue},
+                     headers=ADMIN)
+        api.post("/api/admin/queue", json={"action": "clear-queue", "queue": "sync",
+                                           "jobState": "failed"}, headers=ADMIN)
+        worker = WorkerProcess(clarity_env(redis_server, PREFIX, health_check_port=free_port()),
+                               queues=("sync",),
+                               concurrency=2, log=tmp_path / "worker.log").start()
+        try:
+            # A job that fails every attempt until the "heal" flag is set.
+            job = api.post("/api/jobs", json={"queue": "sync", "task": "flaky",
+                                              "payload": {"n": "browser-1"}},
+                           headers=ADMIN).json()
+            wait_for(lambda: api.get(f"/api/admin/queue?action=job&queue=sync&id={job['id']}",
+                                     headers=ADMIN).json().get("state") == "failed",
+                     timeout=30, message="the flaky job to fail")
+            client.set(f"{PREFIX}:test:heal", "1")
+
+            wait = WebDriverWait(browser, 20)
+            browser.get(open_stack.url + "/")
+            wait.until(ec.presence_of_element_located((By.ID, "key")))
+            browser.find_element(By.ID, "key").send_keys(ADMIN_KEY)
+            browser.save_screenshot(str(artifacts / "admin-login.png"))
+            browser.find_element(By.ID, "login").click()
+            retry = (By.CSS_SELECTOR, f'button[data-action="retry-job"][data-job="{job["id"]}"]')
+            button = wait.until(ec.element_to_be_clickable(retry))
+            assert "flaky failure" in browser.page_source
+            browser.save_screenshot(str(artifacts / "admin-dashboard-failed-job.png"))
+            button.click()
+            wait_for(lambda: api.get(f"/api/admin/queue?action=job&queue=sync&id={job['id']}",
+                                     headers=ADMIN).json().get("state") != "failed",
+                     timeout=10, message="the click to move the job out of the failed set")
+
+            # The worker runs it, and the page refreshes itself (no reload) to show it gone.
+            wait_for(lambda: b"browser-1" in client.lrange(f"{PREFIX}:test:done", 0, -1),
+                     timeout=30, message="the worker to run the retried job")
+            wait.until(ec.invisibility_of_element_located(retry))
+            wait.until(lambda d: "done" in d.find_element(By.ID, "status").text
+                       or "live" in d.find_element(By.ID, "status").text)
+            assert browser.execute_script("return performance.getEntriesByType("
+                                          "'navigation').length") == 1
+            browser.save_screenshot(str(artifacts / "admin-dashboard-after-retry.png"))
+            audit = client.lrange(f"{PREFIX}:audit", 0, 20)
+            assert any(b'"action":"retry-job"' in a and b'"via":"dashboard"' in a
+                       for a in audit)
+        finally:
+            worker.stop()
