@@ -3,16 +3,18 @@
 The signature is checked on the raw body before anything is parsed or stored (the verifier,
 `worker.webhooks.verify_signature`, also refuses stale timestamps). A good delivery is put on
 the `webhook` queue at CRITICAL priority as task `process_webhook` and answered with 202 at
-once: the provider's timeout never depends on our handler. A provider that re-sends the same
-delivery gets the same job (the idempotency key is a hash of provider and body).
+once: the provider's timeout never depends on our handler. The job carries what the handler
+needs to verify again (worker.tasks.webhook.webhook_job_payload: raw body, signature
+headers, time received). A provider that re-sends the same delivery gets the same job (the
+idempotency key is a hash of provider and body).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
+import time
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -29,13 +31,26 @@ WEBHOOK_QUEUE, WEBHOOK_TASK = "webhook", "process_webhook"
 
 
 def _verifier():
-    """(verify_signature, UnknownProvider-or-None). Imported late: another issue builds it."""
+    """(verify_signature, the exception it refuses with, UnknownProvider or None).
+    worker.webhooks answers an unknown provider like a bad signature (401), so that probing
+    does not list the providers we take."""
     try:
         from worker import webhooks
     except ImportError:
-        return None, None
-    return getattr(webhooks, "verify_signature", None), getattr(webhooks, "UnknownProvider",
-                                                                None)
+        return None, Exception, None
+    return (getattr(webhooks, "verify_signature", None),
+            getattr(webhooks, "WebhookRejected", Exception),
+            getattr(webhooks, "UnknownProvider", None))
+
+
+def _job_payload(provider: str, body: bytes, headers, received_at: float) -> dict:
+    """The handler's own payload builder (which also declares the task in this process)."""
+    try:
+        from worker.tasks.webhook import webhook_job_payload
+    except ImportError:  # handlers not installed in this build
+        return {"provider": provider, "body": body.decode("utf-8", errors="replace"),
+                "headers": {}, "received_at": received_at}
+    return webhook_job_payload(provider, body, headers, received_at)
 
 
 @bp.post("/<provider>")
@@ -44,6 +59,7 @@ def receive(provider: str):
         raise ApiError(404, "unknown webhook provider", field="provider")
     limit("webhook", "webhook_rate_limit", client=f"{provider}:{request.remote_addr}")
     cfg = current_app.config["CLARITY_ADMIN"]
+    received_at = time.time()
     length = request.content_length
     if length is not None and length > cfg.webhook_max_body_bytes:
         raise ApiError(413, f"webhook body is larger than {cfg.webhook_max_body_bytes} bytes",
@@ -52,26 +68,26 @@ def receive(provider: str):
     if len(body) > cfg.webhook_max_body_bytes:
         raise ApiError(413, f"webhook body is larger than {cfg.webhook_max_body_bytes} bytes",
                        field="body")
-    verify, unknown_provider = current_app.config.get("CLARITY_WEBHOOK_VERIFIER") or _verifier()
+    verify, rejected, unknown_provider = (current_app.config.get("CLARITY_WEBHOOK_VERIFIER")
+                                          or _verifier())
     if verify is None:
         raise ApiError(503, "webhook verification is not configured on this host")
     try:
         verify(provider, body, request.headers)
-    except Exception as exc:  # noqa: BLE001 - any refusal by the verifier is a 401
+    except rejected as exc:
         if unknown_provider is not None and isinstance(exc, unknown_provider):
             raise ApiError(404, "unknown webhook provider", field="provider") from None
         audit.record("webhook", "bad-signature", status=401, who=provider, via="webhook",
                      target={"provider": provider}, detail=str(exc), store=False)
         raise ApiError(401, f"webhook signature rejected: {exc}", field="signature") from None
     try:
-        event = json.loads(body)
+        json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the webhook body is not JSON", field="body") from None
-    received = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     key = "webhook:" + hashlib.sha256(provider.encode() + b"\0" + body).hexdigest()
     try:
         job = enqueue(WEBHOOK_QUEUE, WEBHOOK_TASK,
-                      {"provider": provider, "event": event, "received_at": received},
+                      _job_payload(provider, body, request.headers, received_at),
                       priority=Priority.CRITICAL, idempotency_key=key,
                       settings=current_app.config["CLARITY_SETTINGS"],
                       max_payload_bytes=cfg.webhook_max_body_bytes + 1024)

@@ -34,7 +34,8 @@ def sign(body: bytes) -> dict:
 
 @pytest.fixture
 def hook_client(admin_env):
-    return create_app({"CLARITY_WEBHOOK_VERIFIER": (fake_verify, UnknownProvider)}).test_client()
+    return create_app({"CLARITY_WEBHOOK_VERIFIER": (fake_verify, Exception,
+                                                    UnknownProvider)}).test_client()
 
 
 def test_good_delivery_is_queued_at_critical_and_answered_202(hook_client, manager):
@@ -44,8 +45,8 @@ def test_good_delivery_is_queued_at_critical_and_answered_202(hook_client, manag
     job = manager.get_job("webhook", response.get_json()["id"])
     assert job["task"] == "process_webhook" and job["priority"] == 10
     assert job["payload"]["provider"] == "acme"
-    assert job["payload"]["event"] == {"id": "evt_1", "type": "item.updated"}
-    assert job["payload"]["received_at"].endswith("Z")
+    assert json.loads(job["payload"]["body"]) == {"id": "evt_1", "type": "item.updated"}
+    assert job["payload"]["received_at"] > 0
 
 
 def test_redelivery_of_the_same_body_is_the_same_job(hook_client, manager):
@@ -78,3 +79,31 @@ def test_signed_body_that_is_not_json_is_400(hook_client):
 def test_oversized_webhook_is_413(hook_client):
     body = b'{"x": "' + b"y" * (300 * 1024) + b'"}'
     assert_error(hook_client.post("/api/webhooks/acme", data=body, headers=sign(body)), 413)
+
+
+def test_real_verifier_accepts_a_fresh_signature_and_refuses_a_stale_one(admin_env, monkeypatch,
+                                                                         manager):
+    webhooks = pytest.importorskip("worker.webhooks")
+    from worker.handler_settings import reset_handler_settings_cache
+
+    secret = "yodlee-secret-0123456789abcdef"
+    monkeypatch.setenv("WEBHOOK_SECRETS", f"yodlee={secret}")
+    reset_handler_settings_cache()
+    try:
+        client = create_app().test_client()
+        body = json.dumps({"event": {"name": "REFRESH"}, "id": "e-77"}).encode()
+        ok = client.post("/api/webhooks/yodlee", data=body, headers={
+            **webhooks.sign(secret, body), "Content-Type": "application/json"})
+        assert ok.status_code == 202, ok.get_json()
+        job = manager.get_job("webhook", ok.get_json()["id"])
+        assert job["priority"] == 10 and job["payload"]["body"] == body.decode()
+        assert webhooks.SIGNATURE_HEADER in job["payload"]["headers"]
+        stale = client.post("/api/webhooks/yodlee", data=body,
+                            headers=webhooks.sign(secret, body, timestamp=1_000_000_000))
+        assert_error(stale, 401, "signature")
+        assert_error(client.post("/api/webhooks/unknown", data=body,
+                                 headers=webhooks.sign(secret, body)), 401)
+        assert manager.counts("webhook")["waiting"] == 1
+    finally:
+        monkeypatch.delenv("WEBHOOK_SECRETS")
+        reset_handler_settings_cache()
