@@ -32,6 +32,7 @@ from pathlib import Path
 log = logging.getLogger("clarity.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OWN_DIR_ENV = "CLARITY_METRICS_TMPDIR"  # marks a directory this worker created
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
                     600, 1800)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
@@ -51,11 +52,12 @@ def prepare_multiprocess(processes: bool) -> str | None:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.db"):  # files of a previous run would add up
             stale.unlink(missing_ok=True)
+        if os.environ.get(OWN_DIR_ENV) == path:  # ours, inherited across a SIGHUP re-exec
+            _remove_at_exit(path)
     elif processes:
         path = tempfile.mkdtemp(prefix="clarity-metrics-")
-        os.environ[MULTIPROC_ENV] = path
-        owner = os.getpid()
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, True))
+        os.environ[MULTIPROC_ENV] = os.environ[OWN_DIR_ENV] = path
+        _remove_at_exit(path)
     else:
         return None
     # prometheus-client picks its value class when first imported; if something imported
@@ -64,6 +66,11 @@ def prepare_multiprocess(processes: bool) -> str | None:
 
     values.ValueClass = values.get_value_class()
     return path
+
+
+def _remove_at_exit(path: str) -> None:
+    owner = os.getpid()  # forked job processes exit too; only the worker removes it
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, True))
 
 
 class JobMetrics:
