@@ -192,8 +192,14 @@ class LegacyStore:
         pick = (sa.select(t.c.id).where(condition)
                 .order_by(t.c.priority.desc(), t.c.scheduled_at, t.c.id).limit(limit))
         if self.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        stmt = (t.update().where(t.c.id.in_(pick.scalar_subquery()), condition)
+            # A materialized CTE: `WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`
+            # may be re-run by the planner and claim more than n rows.
+            picked = pick.with_for_update(skip_locked=True).cte("picked") \
+                .prefix_with("MATERIALIZED")
+            ids = sa.select(picked.c.id).scalar_subquery()
+        else:
+            ids = pick.scalar_subquery()
+        stmt = (t.update().where(t.c.id.in_(ids), condition)
                 .values(status=to_status, claimed_by=holder, claimed_until=until,
                         updated_at=now)
                 .returning(*t.c))

@@ -34,6 +34,7 @@ from app.migration.legacy import LegacyRow, LegacyStore, Status
 from app.migration.poller import _future_or_none
 from worker.db.schema import queued_sync
 from worker.producer import JobError, JobRequest, enqueue_many, validate
+from worker.registry import load_task_modules
 from worker.settings import Settings
 
 log = logging.getLogger("clarity.migrate")
@@ -71,6 +72,7 @@ class Migrator:
         self.name = name or default_name()
         self.batch_size = batch_size
         self.claim_seconds = claim_seconds
+        load_task_modules(settings.task_modules)
 
     def plan(self) -> Plan:
         t = queued_sync
