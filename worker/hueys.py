@@ -71,7 +71,7 @@ class ClarityHuey(Huey):
         jobs = []
         for task, idem in zip(tasks, idempotency_keys, strict=True):
             jobs.append((task.id, self.serialize_task(task), task.priority or Priority.NORMAL,
-                         _eta_ms(task.eta), task.name, idem))
+                         eta_ms(task.eta), task.name, idem))
         return self.storage.enqueue_jobs(jobs)
 
     def enqueue(self, task):
@@ -169,7 +169,7 @@ def _adapt_periodic(func):
     return periodic
 
 
-def _eta_ms(eta: dt.datetime | None) -> int:
+def eta_ms(eta: dt.datetime | None) -> int:
     if eta is None:
         return 0
     if eta.tzinfo is None:

@@ -84,6 +84,21 @@ class SignedJSONSerializer(Serializer):
             return JOB_MAGIC + self.sign(body) + b"." + body
         return DATA_MAGIC + dumps(data)
 
+    def encode_new_job(self, job_id: str, task: str, payload_json: bytes, priority: int,
+                       eta, retries: int, retry_delay: float, timeout) -> bytes:
+        """The same wire form as serialize(Message(...)) for a fresh job, without building
+        Huey's Task and Message objects: the producer's hot path (bulk enqueue)."""
+        # Formatted by hand: json.dumps of the envelope is most of an enqueue's CPU time. Every
+        # value is a number, null, or a JSON-escaped string; decode_job reads it back as JSON.
+        eta_json = "null" if eta is None else f'"{eta.isoformat()}"'
+        timeout_json = "null" if timeout is None else repr(float(timeout))
+        body = (f'{{"q":"{self.queue}","id":{json.dumps(job_id)},"task":{json.dumps(task)},'
+                f'"kwargs":{{}},"eta":{eta_json},"retries":{int(retries)},'
+                f'"retry_delay":{float(retry_delay)!r},"priority":{int(priority)},'
+                f'"expires":null,"expires_at":null,"timeout":{timeout_json},"args":['
+                ).encode() + payload_json + b"]}"
+        return JOB_MAGIC + self.sign(body) + b"." + body
+
     def deserialize(self, data: bytes):
         if data[:1] == DATA_MAGIC:
             return json.loads(data[1:])

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import uuid
 from dataclasses import dataclass
 
-from worker.hueys import get_huey
+from worker.hueys import eta_ms, get_huey
 from worker.messages import dumps
 from worker.queues import Priority, check_queue
 from worker.registry import get_spec, load_task_modules
@@ -53,7 +54,7 @@ class EnqueuedJob:
 
 
 def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
-    """Returns (queue, task, payload, priority, eta) or raises JobError."""
+    """Returns (queue, spec, payload JSON bytes, priority, eta) or raises JobError."""
     try:
         check_queue(req.queue)
     except ValueError as exc:
@@ -67,12 +68,11 @@ def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     if not isinstance(req.payload, dict):
         raise JobError("payload", f"must be a JSON object, got {type(req.payload).__name__}")
     try:
-        encoded = json.dumps(req.payload, allow_nan=False)
+        encoded = json.dumps(req.payload, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise JobError("payload", f"is not JSON data ({exc})") from None
-    if len(encoded.encode()) > max_payload_bytes:
-        raise JobError("payload", f"is {len(encoded.encode())} bytes; the limit is "
-                                  f"{max_payload_bytes}")
+    if len(encoded) > max_payload_bytes:
+        raise JobError("payload", f"is {len(encoded)} bytes; the limit is {max_payload_bytes}")
     try:
         priority = spec.priority if req.priority is None else Priority.parse(req.priority)
     except ValueError as exc:
@@ -82,7 +82,7 @@ def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
         key = req.idempotency_key
         if not isinstance(key, str) or not 1 <= len(key) <= 200 or not key.isprintable():
             raise JobError("idempotency_key", "must be 1..200 printable characters")
-    return req.queue, req.task, json.loads(encoded), priority, eta
+    return req.queue, spec, encoded, priority, eta
 
 
 def _resolve_eta(delay, scheduled_at):
@@ -138,15 +138,19 @@ def enqueue_many(requests: list[JobRequest], *, settings: Settings | None = None
     results: list[EnqueuedJob | None] = [None] * len(requests)
     for queue, indexes in by_queue.items():
         huey = get_huey(queue, settings)
-        calls = []
+        encode = huey.serializer.encode_new_job
         for start in range(0, len(indexes), chunk_size):
             chunk = indexes[start:start + chunk_size]
-            tasks = [huey.make_task(checked[i][1], checked[i][2], checked[i][3], checked[i][4],
-                                    requests[i].job_id) for i in chunk]
-            calls.append((chunk, tasks, [requests[i].idempotency_key for i in chunk]))
-        for chunk, tasks, keys in calls:
-            for i, (created, job_id) in zip(chunk, huey.enqueue_tasks(tasks, keys), strict=True):
-                results[i] = EnqueuedJob(job_id, queue, checked[i][1], created)
+            jobs = []
+            for i in chunk:
+                _, spec, payload_json, priority, eta = checked[i]
+                job_id = requests[i].job_id or str(uuid.uuid4())
+                data = encode(job_id, spec.name, payload_json, priority, eta, spec.retries,
+                              spec.retry_delay, spec.timeout)
+                jobs.append((job_id, data, priority, eta_ms(eta), spec.name,
+                             requests[i].idempotency_key))
+            for i, (created, job_id) in zip(chunk, huey.storage.enqueue_jobs(jobs), strict=True):
+                results[i] = EnqueuedJob(job_id, queue, checked[i][1].name, created)
     return results  # type: ignore[return-value]
 
 

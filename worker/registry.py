@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 from worker.queues import Priority, check_queue
 
-BUILTIN_TASK_MODULES = ("worker.tasks.builtin",)
+BUILTIN_TASK_MODULES = ("worker.tasks.builtin", "worker.tasks.sync", "worker.tasks.email",
+                        "worker.tasks.webhook", "worker.tasks.notifications",
+                        "worker.tasks.cleanup")
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,20 @@ def periodic_task(queue: str, schedule, *, name: str | None = None,
     return decorator
 
 
+_loaded: set = set()
+
+
 def load_task_modules(extra: str | list[str] = "") -> None:
     """Import the modules that declare tasks (built-ins plus TASK_MODULES)."""
+    if extra in _loaded:
+        return  # the producer's hot path calls this on every enqueue
+    key = extra if isinstance(extra, str) else None
     if isinstance(extra, str):
         extra = [m.strip() for m in extra.split(",") if m.strip()]
     for module in (*BUILTIN_TASK_MODULES, *extra):
         importlib.import_module(module)
+    if key is not None:
+        _loaded.add(key)
 
 
 def specs_for(queue: str) -> list[TaskSpec]:

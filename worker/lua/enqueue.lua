@@ -7,9 +7,11 @@
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 local idem_ttl = tonumber(ARGV[1])
+local n = (#KEYS - 5) / 2
+-- One INCRBY reserves a FIFO sequence number for every job of this call.
+local seq = redis.call('INCRBY', KEYS[3], n) - n
 local out = {}
 local woken = 0
-local n = (#KEYS - 5) / 2
 for i = 0, n - 1 do
   local job = KEYS[6 + i * 2]
   local idem = KEYS[7 + i * 2]
@@ -29,24 +31,25 @@ for i = 0, n - 1 do
     end
     local state = redis.call('HGET', job, 'state')
     if state == 'active' then
-      redis.call('ZREM', KEYS[5], id)
       -- A retry is a new attempt, not a redelivery: restart the delivery count.
+      redis.call('ZREM', KEYS[5], id)
       redis.call('HDEL', job, 'lease', 'consumer')
       redis.call('HSET', job, 'deliveries', 0)
       redis.call('HINCRBY', job, 'attempt', 1)
     elseif not state then
       redis.call('HSET', job, 'enq', now, 'task', task)
     end
-    redis.call('HSET', job, 'msg', msg, 'prio', prio)
+    seq = seq + 1
     if eta > now then
-      redis.call('ZREM', KEYS[1], id)
+      if state then redis.call('ZREM', KEYS[1], id) end
       redis.call('ZADD', KEYS[2], eta, id)
-      redis.call('HSET', job, 'state', 'delayed', 'eta', eta)
+      redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'delayed', 'eta', eta)
     else
-      local score = (10 - prio) * 100000000000000 + redis.call('INCR', KEYS[3])
-      redis.call('ZREM', KEYS[2], id)
+      local score = (10 - prio) * 100000000000000 + seq
+      if state then redis.call('ZREM', KEYS[2], id) end
       redis.call('ZADD', KEYS[1], score, id)
-      redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'score', score)
+      redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'waiting', 'ready', now,
+        'score', score)
       woken = woken + 1
     end
     out[#out + 1] = 1
@@ -54,8 +57,10 @@ for i = 0, n - 1 do
   end
 end
 if woken > 0 then
-  -- One wake token per job, capped: idle consumers block on this list instead of polling.
-  for _ = 1, math.min(woken, 64) do redis.call('RPUSH', KEYS[4], 1) end
+  -- Wake tokens, capped: idle consumers block on this list instead of polling.
+  local tokens = {}
+  for t = 1, math.min(woken, 64) do tokens[t] = 1 end
+  redis.call('RPUSH', KEYS[4], unpack(tokens))
   redis.call('LTRIM', KEYS[4], -256, -1)
 end
 return out

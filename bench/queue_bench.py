@@ -1,0 +1,260 @@
+"""Clarity queue core vs plain Huey (PriorityRedisHuey), same machine, same Redis, same run.
+
+    .venv/bin/python -m bench.queue_bench [--jobs 20000] [--rate 200] [--seconds 10]
+
+Measures, for both: single-producer enqueue rate, drain rate with 2 worker processes, pickup
+latency p50/p99 at a steady rate, and Redis round trips (commands seen by MONITOR) per job
+for enqueue and for lease+ack; plus our bulk enqueue rate. Prints ratios ours/Huey.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.redis_server import RedisServer  # noqa: E402
+
+SECRET = "bench-signing-secret-0123456789abcdef"
+
+
+def env_for(server: RedisServer) -> dict[str, str]:
+    return {**os.environ, **server.env, "JOB_SIGNING_SECRET": SECRET, "TASK_MODULES": "bench.tasks",
+            "REDIS_KEY_PREFIX": "bench", "LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO),
+            "CLARITY_ENV_FILE": "/nonexistent.env", "HEALTH_CHECK_PORT": "0"}
+
+
+def start_ours(env, processes=2):
+    return subprocess.Popen([sys.executable, "-m", "app", "worker", "-q", "sync", "--processes",
+                             "-c", str(processes), "--no-periodic", "--log-format", "json"],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def start_huey(env, processes=2):
+    return subprocess.Popen([str(Path(sys.executable).parent / "huey_consumer"),
+                             "bench.tasks.huey", "-k", "process", "-w", str(processes), "-q"],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_drained(size_fn, total, timeout=300):
+    """Seconds from the first job taken to an empty queue, and the jobs drained in that time."""
+    deadline = time.monotonic() + timeout
+    while size_fn() >= total:
+        if time.monotonic() > deadline:
+            raise RuntimeError("workers never started")
+        time.sleep(0.002)
+    t0, start_size = time.perf_counter(), size_fn()
+    while size_fn() > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("drain timed out")
+        time.sleep(0.005)
+    return time.perf_counter() - t0, start_size
+
+
+class Ours:
+    name = "clarity"
+
+    def __init__(self, server):
+        os.environ.update(env_for(server))
+        from worker import hueys
+        from worker.settings import reset_settings_cache
+
+        reset_settings_cache()
+        hueys.reset_caches()
+        from worker.management import QueueManager
+        from worker.producer import enqueue, enqueue_many
+
+        self.enqueue, self.enqueue_many = enqueue, enqueue_many
+        self.manager = QueueManager()
+        self.server = server
+
+    def enqueue_one(self, i):
+        self.enqueue("sync", "noop", {"i": i})
+
+    def latency_one(self):
+        self.enqueue("sync", "latency", {"t": time.time()})
+
+    def pending(self):
+        c = self.manager.counts("sync")
+        return c["waiting"] + c["active"]
+
+    def start(self, env):
+        return start_ours(env)
+
+    def bulk(self, n):
+        from worker.producer import JobRequest
+
+        reqs = [JobRequest("sync", "noop", {"i": i}) for i in range(n)]
+        t = time.perf_counter()
+        self.enqueue_many(reqs)
+        return n / (time.perf_counter() - t)
+
+
+class PlainHuey:
+    name = "huey"
+
+    def __init__(self, server):
+        from bench import tasks
+
+        tasks.huey.storage.conn.connection_pool.disconnect()
+        self.tasks = tasks
+        self.storage = tasks.huey.storage
+
+    def enqueue_one(self, i):
+        self.tasks.huey_noop()
+
+    def latency_one(self):
+        self.tasks.huey_latency(time.time())
+
+    def pending(self):
+        return self.storage.queue_size()
+
+    def start(self, env):
+        return start_huey(env)
+
+
+def measure_enqueue(system, n):
+    t = time.perf_counter()
+    for i in range(n):
+        system.enqueue_one(i)
+    return n / (time.perf_counter() - t)
+
+
+def measure_drain(system, env, n):
+    proc = system.start(env)
+    try:
+        seconds, drained = wait_drained(system.pending, n)
+    finally:
+        stop(proc)
+    return drained / seconds
+
+
+def measure_latency(system, env, client, rate, seconds):
+    client.delete("bench:latency")
+    proc = system.start(env)
+    try:
+        time.sleep(2.0)  # let workers come up
+        interval, count = 1.0 / rate, int(rate * seconds)
+        next_at = time.perf_counter()
+        for _ in range(count):
+            system.latency_one()
+            next_at += interval
+            pause = next_at - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        deadline = time.monotonic() + 30
+        while client.llen("bench:latency") < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop(proc)
+    values = sorted(float(v) * 1000 for v in client.lrange("bench:latency", 0, -1))
+    return {"p50_ms": statistics.median(values), "p99_ms": values[int(len(values) * 0.99) - 1],
+            "samples": len(values)}
+
+
+def count_round_trips(server, action, n):
+    """Commands issued by clients (not by Lua) while `action` runs, per job."""
+    monitor = subprocess.Popen(["redis-cli", "-p", str(server.port), "--no-auth-warning", "-a",
+                                server.password, "monitor"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    action()
+    time.sleep(0.3)
+    monitor.terminate()
+    out, _ = monitor.communicate(timeout=10)
+    commands = collections.Counter()
+    for line in out.splitlines():
+        if "lua]" in line or '"' not in line:
+            continue
+        cmd = line.split('"')[1].upper()
+        if cmd not in ("MONITOR", "AUTH", "HELLO", "CLIENT", "PING"):
+            commands[cmd] += 1
+    total = sum(commands.values())
+    return {"per_job": round(total / n, 2), "commands": dict(commands.most_common(6))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--rate", type=int, default=200, help="jobs/s for the latency test")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="clarity-bench-"))).start()
+    try:
+        env = env_for(server)
+        os.environ.update(env)
+        client = server.client()
+        ours, huey = Ours(server), PlainHuey(server)
+        results = {"jobs": args.jobs}
+        for system in (huey, ours):
+            print(f"[{system.name}] enqueue {args.jobs} jobs, one at a time...", flush=True)
+            results[f"{system.name}_enqueue_per_s"] = measure_enqueue(system, args.jobs)
+            print(f"[{system.name}] drain with 2 worker processes...", flush=True)
+            results[f"{system.name}_drain_per_s"] = measure_drain(system, env, args.jobs)
+            print(f"[{system.name}] pickup latency at {args.rate} jobs/s...", flush=True)
+            results[f"{system.name}_latency"] = measure_latency(system, env, client, args.rate,
+                                                                args.seconds)
+        print("[clarity] bulk enqueue...", flush=True)
+        results["clarity_bulk_enqueue_per_s"] = ours.bulk(args.jobs)
+        ours.manager.clear("sync", "waiting")
+
+        print("round trips (MONITOR)...", flush=True)
+        n = 200
+        for system in (huey, ours):
+            results[f"{system.name}_enqueue_round_trips"] = count_round_trips(
+                server, lambda s=system: [s.enqueue_one(i) for i in range(n)], n)
+
+            def drain(s=system):
+                proc = s.start(env)
+                wait_drained(s.pending, n)
+                stop(proc)
+
+            results[f"{system.name}_drain_round_trips"] = count_round_trips(server, drain, n)
+    finally:
+        server.stop()
+
+    r = results
+    print()
+    print(f"{'':34}{'clarity':>12}{'huey':>12}{'ratio':>8}")
+    for label, key in (("enqueue, 1 producer (jobs/s)", "enqueue_per_s"),
+                       ("drain, 2 processes (jobs/s)", "drain_per_s")):
+        a, b = r[f"clarity_{key}"], r[f"huey_{key}"]
+        print(f"{label:34}{a:12.0f}{b:12.0f}{a / b:8.2f}")
+    for q in ("p50_ms", "p99_ms"):
+        a, b = r["clarity_latency"][q], r["huey_latency"][q]
+        print(f"{'pickup latency ' + q + ' @' + str(args.rate) + '/s':34}{a:12.2f}{b:12.2f}")
+    print(f"{'bulk enqueue (jobs/s)':34}{r['clarity_bulk_enqueue_per_s']:12.0f}")
+    for key in ("enqueue_round_trips", "drain_round_trips"):
+        print(f"{key.replace('_', ' ') + ' per job':34}{r['clarity_' + key]['per_job']:12}"
+              f"{r['huey_' + key]['per_job']:12}")
+        print(f"   clarity {r['clarity_' + key]['commands']}\n   huey    {r['huey_' + key]['commands']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
