@@ -107,7 +107,9 @@ def page_args(args) -> tuple[int, int]:
 # -- read views ----------------------------------------------------------------------------
 
 _overview_lock = threading.Lock()
-_overview_cache: dict[int, tuple[float, dict]] = {}
+_overview_cache: dict[int, tuple[float, dict, bytes]] = {}
+_migration_cache: dict[int, tuple[float, dict | None]] = {}
+MIGRATION_CACHE_SECONDS = 5.0
 
 
 def migration_status() -> dict | None:
@@ -118,6 +120,19 @@ def migration_status() -> dict | None:
     if "CLARITY_MIGRATION_STATUS" in current_app.config:
         provider = current_app.config["CLARITY_MIGRATION_STATUS"]
         return provider() if provider is not None else None
+    # Progress moves slowly and costs SQL queries: refreshed at most every few seconds.
+    now = time.monotonic()
+    with _overview_lock:
+        hit = _migration_cache.get(id(current_app))
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    value = _read_migration_status()
+    with _overview_lock:
+        _migration_cache[id(current_app)] = (now + MIGRATION_CACHE_SECONDS, value)
+    return value
+
+
+def _read_migration_status() -> dict | None:
     try:
         from app.queue_service import QueueService
     except ImportError:
@@ -136,7 +151,9 @@ def redis_health() -> dict:
     client = current_app.extensions["clarity_redis"]
     started = time.perf_counter()
     try:
-        info = client.info()
+        # Only the sections shown: the full INFO text costs more to parse than the rest of
+        # the overview together.
+        info = client.info("server", "clients", "memory", "replication")
     except redis.RedisError as exc:
         return {"ok": False, "error": type(exc).__name__}
     latency = (time.perf_counter() - started) * 1000
@@ -154,6 +171,15 @@ def redis_health() -> dict:
 
 
 def overview() -> dict:
+    return _overview()[0]
+
+
+def overview_json() -> bytes:
+    """The overview serialized once per cache interval, not once per request."""
+    return _overview()[1]
+
+
+def _overview() -> tuple[dict, bytes]:
     ttl = current_app.config["CLARITY_ADMIN"].overview_cache_seconds
     key = id(current_app)
     now = time.monotonic()
@@ -161,14 +187,13 @@ def overview() -> dict:
         with _overview_lock:
             hit = _overview_cache.get(key)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            return hit[1], hit[2]
     redis_info = redis_health()
-    queues = []
-    workers: list[dict] = []
-    if redis_info["ok"]:
-        counts = manager().counts_all()
-        queues = [{"name": q, **counts[q]} for q in QUEUE_NAMES]
-        workers = manager().workers()
+    if not redis_info["ok"]:
+        raise ApiError(503, "the queue store (Redis) is unavailable", headers={"Retry-After": "5"})
+    counts = manager().counts_all()
+    queues = [{"name": q, **counts[q]} for q in QUEUE_NAMES]
+    workers = manager().workers()
     body = {
         "generatedAt": now_iso(),
         "queues": queues,
@@ -181,12 +206,11 @@ def overview() -> dict:
         "redis": redis_info,
         "migration": migration_status(),
     }
-    if not redis_info["ok"]:
-        raise ApiError(503, "the queue store (Redis) is unavailable", headers={"Retry-After": "5"})
+    encoded = current_app.json.dumps(body).encode()
     if ttl > 0:
         with _overview_lock:
-            _overview_cache[key] = (now + ttl, body)
-    return body
+            _overview_cache[key] = (now + ttl, body, encoded)
+    return body, encoded
 
 
 def health() -> tuple[dict, int]:

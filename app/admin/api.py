@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from app.admin import actions, audit
 from app.admin.auth import authorize, bearer_principal, require
@@ -43,7 +43,7 @@ def queue_get():
                             f"{', '.join(actions.READ_ACTIONS)} (GET) or POST a mutation",
                        field="action")
     if action == "overview":
-        return jsonify(actions.overview())
+        return current_app.response_class(actions.overview_json(), mimetype="application/json")
     if action == "health":
         body, status = actions.health()
         return jsonify(body), status

@@ -303,7 +303,7 @@ def test_unexpected_exception_is_a_json_500_without_traceback(app, monkeypatch):
     def explode():
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(actions, "overview", explode)
+    monkeypatch.setattr(actions, "overview_json", explode)
     response = app.test_client().get(URL, headers=ADMIN)
     body = assert_error(response, 500)
     assert "secret internals" not in response.get_data(as_text=True)

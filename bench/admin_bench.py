@@ -1,0 +1,173 @@
+"""Admin API under load, through the production path: wrk → nginx (TLS) → gunicorn → app →
+Redis holding 1,000,000 waiting jobs over the five queues and 100,000 failed ones.
+
+    .venv/bin/python -m bench.admin_bench [--waiting 1000000] [--failed 100000]
+        [--seconds 20] [--connections 16] [--gunicorn-workers 3] [--threads 1]
+
+Targets (issue 5): overview p99 <= 25 ms and >= 1,000 requests/s with auth on; a failed-jobs
+page of 50 p99 <= 50 ms. The app's rate limit is raised out of the way through its own
+settings (ADMIN_RATE_LIMIT) and nginx's through the template's variables; authentication,
+the Redis-backed rate-limit counter and the security headers all stay on. The overview is
+measured twice: with the app's per-process overview cache (OVERVIEW_CACHE_SECONDS, 0.5 s by
+default) and with it off, so every request reads Redis. Results: bench/results/admin.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.admin.stack import Stack
+from tests.redis_server import RedisServer
+
+SECRET = "bench-signing-secret-0123456789abcdef"
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+LUA = REPO / "bench" / "admin_report.lua"
+QUEUES = ("sync", "email", "cleanup", "webhook", "notifications")
+
+
+def app_env(server: RedisServer, **extra) -> dict[str, str]:
+    env = {**server.env, "JOB_SIGNING_SECRET": SECRET, "REDIS_KEY_PREFIX": "bench",
+           "ADMIN_API_KEYS": f"bench:{ADMIN_KEY}", "LOG_LEVEL": "WARNING",
+           "ADMIN_RATE_LIMIT": "100000000 per 15 minutes", "CLARITY_ENV_FILE": "/nonexistent.env",
+           "STATE_DIR": tempfile.mkdtemp(prefix="clarity-bench-state-")}
+    env.update(extra)
+    return env
+
+
+def load(server: RedisServer, waiting: int, failed: int) -> dict:
+    """Fill Redis through the real producer (enqueue_many) and the real storage (lease, then
+    settle as failed), the same paths production uses."""
+    os.environ.update(app_env(server))
+    from worker import hueys
+    from worker.management import QueueManager
+    from worker.producer import JobRequest, enqueue_many
+    from worker.settings import get_settings, reset_settings_cache
+    from worker.storage import ReliableRedisStorage, Settlement
+
+    reset_settings_cache()
+    hueys.reset_caches()
+    settings = get_settings()
+    started = time.perf_counter()
+    per_queue_failed = failed // len(QUEUES)
+    pool = hueys.connection_pool(settings)
+    for queue in QUEUES:
+        batch = [JobRequest(queue, "ping", {"echo": f"f{i}", "note": "x" * 60})
+                 for i in range(per_queue_failed)]
+        enqueue_many(batch, settings=settings, chunk_size=1000)
+        storage = ReliableRedisStorage(queue, prefix=settings.redis_key_prefix,
+                                       connection_pool=pool, max_batch=1000,
+                                       consumer_id="bench-loader")
+        pending = []
+        while True:
+            lease = storage.lease(block=False)
+            if lease is None:
+                break
+            pending.append(Settlement(
+                "fail", lease, reason="error", error_type="RuntimeError",
+                error="upstream said no", attempts=3,
+                traceback="Traceback (most recent call last):\n  File \"sync.py\", line 42, "
+                          "in sync_user\nRuntimeError: upstream said no"))
+            if len(pending) == 1000:
+                storage.settle(pending)
+                pending = []
+        storage.settle(pending)
+    failed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    priorities = ("low", "normal", "high", "critical")
+    chunk = 20_000
+    for start in range(0, waiting, chunk):
+        n = min(chunk, waiting - start)
+        enqueue_many([JobRequest(QUEUES[(start + i) % len(QUEUES)], "ping",
+                                 {"echo": start + i, "account": f"acct-{(start + i) % 9973}"},
+                                 priorities[(start + i) % 4]) for i in range(n)],
+                     settings=settings, chunk_size=1000)
+    waiting_s = time.perf_counter() - started
+    counts = QueueManager(settings).counts_all()
+    info = hueys.redis_client(settings).info("memory")
+    return {"failed_load_s": round(failed_s, 1), "waiting_load_s": round(waiting_s, 1),
+            "waiting": sum(c["waiting"] for c in counts.values()),
+            "failed": sum(c["failed"] for c in counts.values()),
+            "redis_used_memory_mb": round(info["used_memory"] / 2**20)}
+
+
+def wrk(url: str, seconds: int, connections: int, threads: int = 2, pages: str = "") -> dict:
+    env = {**os.environ, "WRK_AUTH": ADMIN_KEY, "WRK_PAGES": pages}
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+                          "--timeout", "5s", "-s", str(LUA), url],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    line = [x for x in out.splitlines() if x.startswith("{")][-1]
+    return json.loads(line)
+
+
+def run_stack(server, workdir, args, cache_seconds: str, name: str, results: dict):
+    env = app_env(server, OVERVIEW_CACHE_SECONDS=cache_seconds)
+    stack = Stack(workdir / name, env, gunicorn_workers=args.gunicorn_workers,
+                  gunicorn_threads=args.threads, nginx_workers=1,
+                  nginx_vars={"nginx_admin_rate": "100000r/s", "nginx_admin_burst": 100000})
+    stack.start()
+    try:
+        base = f"https://localhost:{stack.https_port}"
+        wrk(base + "/api/admin/queue?action=overview", 3, args.connections)  # warm up
+        results[f"overview_{name}"] = wrk(base + "/api/admin/queue?action=overview",
+                                          args.seconds, args.connections)
+        print(f"overview ({name}): {results[f'overview_{name}']}", flush=True)
+        if name == "uncached":
+            pages = f"{','.join(QUEUES)}:{args.failed // len(QUEUES)}:50"
+            results["failed_page_50"] = wrk(base + "/api/admin/queue", args.seconds,
+                                            args.connections, pages=pages)
+            print(f"failed-jobs page of 50: {results['failed_page_50']}", flush=True)
+    finally:
+        stack.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--waiting", type=int, default=1_000_000)
+    parser.add_argument("--failed", type=int, default=100_000)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--gunicorn-workers", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "openssl", "redis-server"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"needs {tool} (apt-get install {tool})", file=sys.stderr)
+            return 2
+    workdir = Path(tempfile.mkdtemp(prefix="clarity-admin-bench-"))
+    server = RedisServer(workdir / "redis", extra=("--maxmemory", "6gb", "--appendonly", "no"))
+    server.start()
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "args": vars(args)}
+    try:
+        results["load"] = load(server, args.waiting, args.failed)
+        print(f"loaded: {results['load']}", flush=True)
+        run_stack(server, workdir, args, "0.5", "cached", results)
+        run_stack(server, workdir, args, "0", "uncached", results)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    targets = {
+        "overview_p99_le_25ms": results["overview_uncached"]["p99_ms"] <= 25,
+        "overview_ge_1000_rps": results["overview_uncached"]["rps"] >= 1000,
+        "failed_page_p99_le_50ms": results["failed_page_50"]["p99_ms"] <= 50,
+    }
+    results["targets_met_uncached"] = targets
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "admin.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
