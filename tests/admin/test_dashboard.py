@@ -145,3 +145,18 @@ def test_removing_a_key_ends_its_sessions(admin_env, monkeypatch, setting):
 def test_static_files_are_served(client):
     assert client.get("/static/admin/dashboard.js").status_code == 200
     assert client.get("/static/admin/admin.css").status_code == 200
+
+
+def test_workers_with_their_last_heartbeat_and_counters(client, manager):
+    import json
+    import time
+
+    key = manager.keys("email").workers
+    manager.redis.hset(key, "host-a:123", json.dumps({
+        "heartbeat": time.time() - 3, "pid": 123, "concurrency": 4, "active": 1,
+        "processed": 42, "failed": 2}))
+    manager.redis.hset(key, "host-b:9", json.dumps({"heartbeat": time.time() - 300}))
+    login(client)
+    page = client.get("/").text
+    assert "host-a:123" in page and "alive" in page and "silent" in page
+    assert 'data-processed="42"' in page and "1 / 4" in page

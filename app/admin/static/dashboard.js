@@ -6,7 +6,7 @@
   var status = document.getElementById("status");
   var csrf = document.querySelector('meta[name="csrf-token"]').content;
   var every = parseFloat(document.querySelector('meta[name="refresh-seconds"]').content) || 5;
-  var previous = {};  // queue -> {t, waiting, failed}
+  var previous = {};  // queue -> {t, waiting, failed, processed}
   var timer = null;
   var busy = false;
 
@@ -21,16 +21,19 @@
       var q = card.dataset.queue;
       var waiting = parseInt(card.dataset.waiting, 10);
       var failed = parseInt(card.dataset.failed, 10);
+      var processed = parseInt(card.dataset.processed, 10) || 0;
       var before = previous[q];
       var el = card.querySelector("[data-rate-for]");
       if (before && el && now > before.t) {
         var minutes = (now - before.t) / 60000;
         var dw = (waiting - before.waiting) / minutes;
         var df = (failed - before.failed) / minutes;
-        el.textContent = "waiting " + (dw >= 0 ? "+" : "") + dw.toFixed(1) + "/min · failed " +
-          (df >= 0 ? "+" : "") + df.toFixed(1) + "/min";
+        // Workers' processed counters restart with the worker: never show a negative rate.
+        var dp = Math.max(0, processed - before.processed) / minutes;
+        el.textContent = "processed " + dp.toFixed(1) + "/min · waiting " + (dw >= 0 ? "+" : "") +
+          dw.toFixed(1) + "/min · failed " + (df >= 0 ? "+" : "") + df.toFixed(1) + "/min";
       }
-      previous[q] = {t: now, waiting: waiting, failed: failed};
+      previous[q] = {t: now, waiting: waiting, failed: failed, processed: processed};
     });
   }
 
