@@ -158,26 +158,53 @@ class QueueService:
     def enqueue_email(self, email_type: str, email_data: dict, priority=Priority.NORMAL,
                       delay: float | None = None, scheduled_at=None, *,
                       idempotency_key: str | None = None) -> Submitted:
+        """One transactional email: `email_type` is the template, `email_data` holds "to"
+        and either "context" or the template's fields. The same template, recipient and
+        context is the same email (the handlers' key), so a repeat is not sent twice."""
         if not isinstance(email_type, str) or not email_type:
             raise JobError("email_type", "must be a template name")
         if not isinstance(email_data, dict):
             raise JobError("email_data", "must be a JSON object")
+        to = email_data.get("to")
+        if not isinstance(to, str) or "@" not in to:
+            raise JobError("email_data", "needs 'to', an email address")
+        context = email_data.get("context")
+        if context is None:
+            context = {k: v for k, v in email_data.items() if k not in ("to", "headers")}
+        payload = {"template": email_type, "to": to, "context": context}
+        if email_data.get("headers"):
+            payload["headers"] = email_data["headers"]
+        key = idempotency_key
+        try:
+            from worker.tasks.email import email_idempotency_key
+        except ImportError:  # pragma: no cover - handlers not in this build
+            email_idempotency_key = None
+        if email_idempotency_key is not None:
+            key = idempotency_key or email_idempotency_key(payload)
+            payload["idempotency_key"] = key
+            key = f"email:{key}"
         queue, task = EMAIL_TASK
-        payload = {"email_type": email_type, "data": email_data}
-        return self._one(JobRequest(queue, task, payload, priority, delay, scheduled_at,
-                                    idempotency_key), email_data.get("user_id"))
+        return self._one(JobRequest(queue, task, payload, priority, delay, scheduled_at, key),
+                         email_data.get("user_id") or context.get("user_id"))
 
     def process_webhook(self, user_id: int | None, webhook_data: dict,
                         priority=Priority.HIGH, *,
                         idempotency_key: str | None = None) -> Submitted:
-        """A provider's webhook, HIGH or CRITICAL."""
-        priority = Priority.parse(priority)
+        """A provider's webhook, HIGH or CRITICAL. `webhook_data` is the handler's payload:
+        {"provider", "body" (raw text), "headers" (signature headers), "received_at"}
+        (see `worker.tasks.webhook.webhook_job_payload`). `user_id` places it for the
+        testing-mode share."""
+        try:
+            priority = Priority.parse(priority)
+        except ValueError as exc:
+            raise JobError("priority", str(exc)) from None
         if priority not in (Priority.HIGH, Priority.CRITICAL):
             raise JobError("priority", "a webhook runs at HIGH or CRITICAL")
         if not isinstance(webhook_data, dict):
             raise JobError("webhook_data", "must be a JSON object")
+        payload = dict(webhook_data)
+        payload.setdefault("received_at", time.time())
         queue, task = WEBHOOK_TASK
-        payload = {"user_id": user_id, "webhook": webhook_data}
         return self._one(JobRequest(queue, task, payload, priority,
                                     idempotency_key=idempotency_key), user_id, "WEBHOOK")
 

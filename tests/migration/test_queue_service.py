@@ -13,7 +13,8 @@ from worker.db.engine import get_engine
 from worker.producer import JobError, JobRequest
 from worker.queues import Priority
 
-TASKS = "worker.tasks.sync,tests.jobs,tests.migration.jobs"
+TASKS = ("worker.tasks.sync,worker.tasks.email,worker.tasks.webhook,tests.jobs,"
+         "tests.migration.jobs")
 
 
 @pytest.fixture
@@ -79,3 +80,24 @@ def test_detailed_stats_report_routing_backlog_and_percentage(service):
     assert result.exit_code == 0 and "mode:        testing" in result.output, result.output
     health = svc.health_check()
     assert health["healthy"] and health["redis"]["ok"] and health["database"]["ok"]
+
+
+def test_email_and_webhook_jobs_are_routed_with_the_handlers_payloads(service):
+    svc = service(enable_queue="true", migration_mode="gradual",
+                  migrate_high_priority="false", migrate_medium_priority="false",
+                  migrate_low_priority="false")
+    hook = svc.process_webhook(5, {"provider": "yodlee", "body": "{}", "headers": {}},
+                               priority=Priority.CRITICAL)
+    assert hook.route == "queue" and hook.queue == "webhook"  # webhooks first
+    mail = svc.enqueue_email("welcome", {"to": "ann@example.com", "name": "Ann"})
+    assert mail.route == "legacy" and mail.task == "send_email"
+    again = svc.enqueue_email("welcome", {"to": "ann@example.com", "name": "Ann"})
+    assert again.id == mail.id and not again.created  # the same email is one job
+    with pytest.raises(JobError, match="priority"):
+        svc.process_webhook(5, {"provider": "yodlee"}, priority=Priority.LOW)
+    with pytest.raises(JobError, match="email_data"):
+        svc.enqueue_email("welcome", {"name": "no address"})
+    svc = service(enable_queue="true", migration_mode="immediate")
+    queued = svc.enqueue_email("welcome", {"to": "bob@example.com"}, delay=60)
+    job = svc._manager().get_job("email", queued.id)
+    assert queued.route == "queue" and job["state"] == "delayed"
