@@ -31,21 +31,49 @@ def _free_port() -> int:
 def redis_port(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--repl-diskless-sync-delay", "0",
-         "--requirepass", PASSWORD, "--dir", str(tmp_path)],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--requirepass",
+            PASSWORD,
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
-    while subprocess.run(
-        ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", PASSWORD, "ping"],
-        capture_output=True, text=True,
-    ).stdout.strip() != "PONG":
+    while (
+        subprocess.run(
+            ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", PASSWORD, "ping"],
+            check=False,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        != "PONG"
+    ):
         assert time.monotonic() < deadline, "redis-server did not start"
         time.sleep(0.05)
     subprocess.run(
-        ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", PASSWORD,
-         "set", "clarity:{sync}:probe", "kept"],
-        check=True, capture_output=True,
+        [
+            "redis-cli",
+            "-p",
+            str(port),
+            "--no-auth-warning",
+            "-a",
+            PASSWORD,
+            "set",
+            "clarity:{sync}:probe",
+            "kept",
+        ],
+        check=True,
+        capture_output=True,
     )
     yield port
     proc.terminate()
@@ -61,7 +89,9 @@ def _run_backup(port: int, backups: Path, textfiles: Path, **extra: str):
         "TEXTFILE_DIR": str(textfiles),
         **extra,
     }
-    return subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(SCRIPT)], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_backup_writes_a_dated_rdb_that_redis_check_rdb_accepts(redis_port, tmp_path):
@@ -71,7 +101,12 @@ def test_backup_writes_a_dated_rdb_that_redis_check_rdb_accepts(redis_port, tmp_
     assert result.returncode == 0, result.stderr
     dumps = sorted(backups.glob("dump-*.rdb"))
     assert len(dumps) == 1
-    assert subprocess.run(["redis-check-rdb", str(dumps[0])], capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            ["redis-check-rdb", str(dumps[0])], check=False, capture_output=True
+        ).returncode
+        == 0
+    )
     assert b"clarity:{sync}:probe" in dumps[0].read_bytes()
     assert oct(dumps[0].stat().st_mode & 0o777) == "0o600"
 
