@@ -4,7 +4,9 @@
 #                    `clarity up`: Redis, a worker per queue and the admin app until Ctrl-C
 #   make up UP_ARGS="--redis-port 6391 --admin-port 8081"
 #   make doctor      `clarity doctor` against the local stack
-#   make test        the whole test suite
+#   make test        the whole test suite: ruff, pytest, deployment lint and Molecule
+#   make test-python pytest only (PYTEST_ARGS="-x tests/test_delivery.py")
+#   make test-deploy yamllint, ansible-lint, systemd-analyze and every Molecule scenario
 #
 # Needs Debian or Ubuntu with python3 >= 3.11; uses sudo for apt-get unless run as root.
 
@@ -16,7 +18,12 @@ PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: help up doctor test system-deps
+.PHONY: help up doctor test test-python test-deploy lint system-deps test-deps
+
+# What the tests start for real: Redis, PostgreSQL, nginx, promtool, wrk, Chromium, and
+# podman/debootstrap/runc for the Molecule hosts.
+TEST_PACKAGES := redis-server redis-tools postgresql nginx prometheus wrk openssl \
+	chromium chromium-driver podman debootstrap runc python3-venv make
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -27,8 +34,23 @@ up: system-deps $(VENV)/.installed
 doctor: $(VENV)/.installed
 	CLARITY_ENV_FILE=$(STATE_DIR)/dev-secrets.env $(VENV)/bin/clarity doctor
 
-test: system-deps $(VENV)/.installed-dev
+test: test-deps $(VENV)/.installed-dev lint test-python test-deploy
+
+test-python: system-deps $(VENV)/.installed-dev
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-deploy: $(VENV)/.installed-dev
+	bash .ci/molecule.sh
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+
+test-deps:
+	@missing=$$(for p in $(TEST_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages the tests need:" $$missing; \
+	    $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi
 
 # Debian packages: redis-server (clarity up and the tests start private instances; the
 # packaged service on 6379 is not used) and python3-venv (Debian's python3 lacks venv).

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.redis_server import RedisServer
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 
@@ -100,6 +100,10 @@ class Ours:
         c = self.manager.counts("sync")
         return c["waiting"] + c["active"]
 
+    def pending_with(self, client):
+        k = self.manager.keys("sync")
+        return client.zcard(k.waiting) + client.zcard(k.active)
+
     def start(self, env):
         return start_ours(env)
 
@@ -130,6 +134,9 @@ class PlainHuey:
 
     def pending(self):
         return self.storage.queue_size()
+
+    def pending_with(self, client):
+        return client.zcard(self.storage.queue_key)
 
     def start(self, env):
         return start_huey(env)
@@ -174,24 +181,41 @@ def measure_latency(system, env, client, rate, seconds):
             "samples": len(values)}
 
 
-def count_round_trips(server, action, n):
-    """Commands issued by clients (not by Lua) while `action` runs, per job."""
-    monitor = subprocess.Popen(["redis-cli", "-p", str(server.port), "--no-auth-warning", "-a",
-                                server.password, "monitor"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
+def count_round_trips(server, action, n, exclude_addr=None):
+    """Commands clients sent (not those Lua ran) while `action` runs, per job. The bench's
+    own polling connection (`exclude_addr`) is left out."""
+    import threading
+
+    seen = collections.Counter()
+    client = server.client()
+    monitor = client.monitor()
+    monitor.connection.send_command("MONITOR")
+    monitor.connection.read_response()
+    stop = threading.Event()
+
+    def listen():
+        while not stop.is_set():
+            try:
+                info = monitor.next_command()
+            except Exception:  # noqa: BLE001 - the connection is closed to stop us
+                return
+            addr = f"{info.get('client_address')}:{info.get('client_port')}"
+            if info.get("client_type") == "lua" or addr == exclude_addr:
+                continue
+            cmd = info["command"].split(" ", 1)[0].upper()
+            seen[cmd] += 1
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    time.sleep(0.2)
     action()
-    time.sleep(0.3)
-    monitor.terminate()
-    out, _ = monitor.communicate(timeout=10)
-    commands = collections.Counter()
-    for line in out.splitlines():
-        if "lua]" in line or '"' not in line:
-            continue
-        cmd = line.split('"')[1].upper()
-        if cmd not in ("MONITOR", "AUTH", "HELLO", "CLIENT", "PING"):
-            commands[cmd] += 1
-    total = sum(commands.values())
-    return {"per_job": round(total / n, 2), "commands": dict(commands.most_common(6))}
+    time.sleep(0.5)
+    stop.set()
+    monitor.connection.disconnect()
+    thread.join(2)
+    for noise in ("MONITOR", "AUTH", "HELLO", "CLIENT", "PING", "INFO"):
+        seen.pop(noise, None)
+    return {"per_job": round(sum(seen.values()) / n, 2), "commands": dict(seen.most_common(8))}
 
 
 def main():
@@ -227,13 +251,20 @@ def main():
         for system in (huey, ours):
             results[f"{system.name}_enqueue_round_trips"] = count_round_trips(
                 server, lambda s=system: [s.enqueue_one(i) for i in range(n)], n)
+            proc = system.start(env)
+            time.sleep(2.0)  # idle workers: their background traffic is counted, once
+            poller = server.client(single_connection_client=True)
+            poller_addr = poller.client_info()["addr"]
 
-            def drain(s=system):
-                proc = s.start(env)
-                wait_drained(s.pending, n)
-                stop(proc)
+            def drain(s=system, poller=poller):
+                [s.enqueue_one(i) for i in range(n)]
+                deadline = time.monotonic() + 60
+                while s.pending_with(poller) and time.monotonic() < deadline:
+                    time.sleep(0.01)
 
-            results[f"{system.name}_drain_round_trips"] = count_round_trips(server, drain, n)
+            results[f"{system.name}_drain_round_trips"] = count_round_trips(
+                server, drain, n, exclude_addr=poller_addr)
+            stop(proc)
     finally:
         server.stop()
 
@@ -248,6 +279,8 @@ def main():
         a, b = r["clarity_latency"][q], r["huey_latency"][q]
         print(f"{'pickup latency ' + q + ' @' + str(args.rate) + '/s':34}{a:12.2f}{b:12.2f}")
     print(f"{'bulk enqueue (jobs/s)':34}{r['clarity_bulk_enqueue_per_s']:12.0f}")
+    print("round trips include enqueue commands in the drain row; idle background traffic "
+          "(heartbeats, scheduler) is included in both")
     for key in ("enqueue_round_trips", "drain_round_trips"):
         print(f"{key.replace('_', ' ') + ' per job':34}{r['clarity_' + key]['per_job']:12}"
               f"{r['huey_' + key]['per_job']:12}")

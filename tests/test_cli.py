@@ -1,0 +1,71 @@
+"""The CLI: clear errors, and the worker's periodic-task lock."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+
+from tests.redis_server import REPO
+from worker.hueys import get_huey
+
+
+def run_cli(*args, env=None):
+    full_env = {**os.environ, "CLARITY_ENV_FILE": "/nonexistent.env", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True,
+                          env=full_env, cwd=REPO, timeout=60)
+
+
+def test_missing_secret_stops_with_a_message_naming_the_variable():
+    env = {k: v for k, v in os.environ.items() if k != "JOB_SIGNING_SECRET"}
+    env["CLARITY_ENV_FILE"] = "/nonexistent.env"
+    result = subprocess.run([sys.executable, "-m", "app", "stats"], capture_output=True,
+                            text=True, env=env, cwd=REPO, timeout=60)
+    assert result.returncode != 0
+    assert "JOB_SIGNING_SECRET: is required" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_redis_says_where_and_what_to_check():
+    result = run_cli("stats", env={"JOB_SIGNING_SECRET": "s" * 32, "REDIS_PORT": "1",
+                                   "REDIS_PASSWORD": "pw-not-to-print"})
+    assert result.returncode == 1
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+    assert "pw-not-to-print" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_enqueue_bad_priority_is_a_usage_error(env):
+    result = run_cli("enqueue", "sync", "ping", "{}", "--priority", "42",
+                     env={k: os.environ[k] for k in ("REDIS_PORT", "REDIS_PASSWORD",
+                                                     "JOB_SIGNING_SECRET")})
+    assert result.returncode == 2
+    assert "priority" in result.stderr and "between 1 and 10" in result.stderr
+
+
+def test_enqueue_and_wait_through_a_real_worker(env, workers):
+    workers()
+    result = run_cli("enqueue", "sync", "ping", '{"echo": "cli"}', "--wait", "15",
+                     env={k: os.environ[k] for k in ("REDIS_PORT", "REDIS_PASSWORD",
+                                                     "JOB_SIGNING_SECRET", "REDIS_KEY_PREFIX")})
+    assert result.returncode == 0, result.stderr
+    assert '"state": "completed"' in result.stdout
+
+
+def test_worker_help_explains_signals():
+    result = run_cli("worker", "--help", env={"JOB_SIGNING_SECRET": "s" * 32})
+    assert result.returncode == 0
+    assert "SIGINT or SIGTERM stop gracefully" in result.stdout
+
+
+def test_periodic_tasks_fire_once_per_tick_across_the_fleet(env):
+    from worker.registry import _SPECS, load_task_modules
+
+    load_task_modules()
+    periodic = [q for (q, _), spec in _SPECS.items() if spec.periodic]
+    assert periodic, "no periodic task declared"
+    queue = periodic[0]
+    tick = dt.datetime(2026, 11, 28, 3, 0)
+    first = get_huey(queue, consumer_id="host-a").read_periodic(tick)
+    second = get_huey(queue, consumer_id="host-b").read_periodic(tick)
+    assert first and second == []
+    assert get_huey(queue, consumer_id="host-b").read_periodic(tick + dt.timedelta(minutes=1))
