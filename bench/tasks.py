@@ -3,9 +3,9 @@
 import os
 import time
 
-import redis
 from huey import PriorityRedisHuey
 
+import redis
 from worker.queues import QUEUE_NAMES
 from worker.registry import task
 
@@ -40,7 +40,7 @@ def latency(payload: dict):
 
 # -- plain Huey, same Redis ---------------------------------------------------------------
 
-huey = PriorityRedisHuey("bench", results=False, port=int(os.environ.get("REDIS_PORT", 6379)),
+huey = PriorityRedisHuey("bench", results=False, port=int(os.environ.get("REDIS_PORT", "6379")),
                          password=os.environ.get("REDIS_PASSWORD"))
 
 

@@ -12,7 +12,7 @@ from worker.hueys import get_huey
 def run_cli(*args, env=None):
     full_env = {**os.environ, "CLARITY_ENV_FILE": "/nonexistent.env", **(env or {})}
     return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True,
-                          env=full_env, cwd=REPO, timeout=60)
+                          env=full_env, cwd=REPO, timeout=60, check=False)
 
 
 def test_missing_secret_stops_with_a_message_naming_the_variable():
