@@ -166,3 +166,17 @@ def test_nginx_limit_req_answers_json_429(redis_server, tmp_path):
         limited = [r for r in statuses if r.status_code == 429]
         assert limited and limited[0].json()["error"] == "rate_limited"
         assert "Retry-After" in limited[0].headers
+
+
+def test_dashboard_login_over_tls_sets_a_secure_httponly_cookie(web):
+    import re
+
+    from tests.admin.conftest import ADMIN_KEY as KEY
+
+    page = web.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    response = web.post("/login", data={"key": KEY, "csrf_token": token})
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert web.get("/").status_code == 200
