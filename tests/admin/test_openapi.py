@@ -9,6 +9,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -57,18 +58,26 @@ def _operations():
     # schemathesis' own pytest plugin (from_fixture) does not work with pytest 9 yet, so the
     # operations are listed from the document the app serves and run through hypothesis.
     for path, methods in build_spec()["paths"].items():
-        for method in methods:
+        for method, op in methods.items():
             if path == "/api/webhooks/{provider}" and not HAVE_VERIFIER:
                 continue
-            yield pytest.param(path, method, id=f"{method.upper()} {path}")
+            # Negative cases need something to get wrong: parameters or a body.
+            negative = bool(op.get("parameters") or op.get("requestBody"))
+            modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if negative else \
+                (GenerationMode.POSITIVE,)
+            for mode in modes:
+                yield pytest.param(path, method, mode,
+                                   id=f"{method.upper()} {path} {mode.value}")
 
 
-@pytest.mark.parametrize("path, method", list(_operations()))
+@pytest.mark.parametrize("path, method, mode", list(_operations()))
 def test_api_never_5xx_and_matches_its_document(served_schema, session, open_stack, path,
-                                                 method):
+                                                 method, mode):
+    """Positive: requests the document allows; negative: requests it forbids (wrong types,
+    missing fields, out-of-range values), which must be refused with a documented 4xx."""
     operation = served_schema[path][method]
 
-    @given(case=operation.as_strategy())
+    @given(case=operation.as_strategy(generation_mode=mode))
     # Derandomized: CI runs the same examples every time, so a failure is reproducible.
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck),
               database=None, derandomize=True)
