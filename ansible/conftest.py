@@ -1,10 +1,54 @@
-"""Shared helpers for the Molecule testinfra verifiers (pytest finds this from any scenario)."""
+"""Shared helpers for the Molecule testinfra verifiers (pytest finds this from any scenario).
+
+Containers have python3 but no curl: HTTP checks run a small Python client on the host under
+test, so they see what a client on that host sees (its addresses, its firewall).
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
+
 import testinfra
+
+_HTTP = r"""
+import http.client, json, socket, ssl, sys
+method, url, headers, sock_path, count = json.loads(sys.argv[1])
+scheme, _, rest = url.partition("://")
+hostport, _, path = rest.partition("/")
+statuses = []
+for _ in range(count):
+    if sock_path:
+        conn = http.client.HTTPConnection("localhost", timeout=10)
+        conn.sock = socket.socket(socket.AF_UNIX)
+        conn.sock.settimeout(10)
+        conn.sock.connect(sock_path)
+    elif scheme == "https":
+        conn = http.client.HTTPSConnection(hostport, timeout=10,
+                                           context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection(hostport, timeout=10)
+    conn.request(method, "/" + path, headers=headers)
+    resp = conn.getresponse()
+    body = resp.read().decode(errors="replace")
+    statuses.append([resp.status, dict(resp.getheaders()), body])
+    conn.close()
+print(json.dumps(statuses))
+"""
 
 
 def podman_host(name: str):
     """A testinfra host for the container `name` (scenarios name containers after hosts)."""
     return testinfra.get_host(f"podman://{name}")
+
+
+def http(host, url, headers=None, unix_socket=None, method="GET", count=1):
+    """Requests made from inside `host`: a list of (status, headers, body), one per request."""
+    args = json.dumps([method, url, headers or {}, unix_socket, count])
+    result = host.run(f"python3 -c {shlex.quote(_HTTP)} {shlex.quote(args)}")
+    assert result.rc == 0, result.stderr
+    return [tuple(r) for r in json.loads(result.stdout)]
+
+
+def http_once(host, url, **kwargs):
+    return http(host, url, **kwargs)[0]
