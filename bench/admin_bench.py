@@ -42,6 +42,8 @@ def app_env(server: RedisServer, **extra) -> dict[str, str]:
     env = {**server.env, "JOB_SIGNING_SECRET": SECRET, "REDIS_KEY_PREFIX": "bench",
            "ADMIN_API_KEYS": f"bench:{ADMIN_KEY}", "LOG_LEVEL": "WARNING",
            "ADMIN_RATE_LIMIT": "100000000 per 15 minutes", "CLARITY_ENV_FILE": "/nonexistent.env",
+           # No worker recycling mid-run: a restart stalls its queued requests for a second.
+           "GUNICORN_MAX_REQUESTS": "0",
            "STATE_DIR": tempfile.mkdtemp(prefix="clarity-bench-state-")}
     env.update(extra)
     return env

@@ -113,7 +113,9 @@ class AdminSettings(BaseSettings):
     gunicorn_workers: int = Field(default=2, ge=1, le=64)
     gunicorn_threads: int = Field(default=4, ge=1, le=64)
     gunicorn_timeout: int = Field(default=30, ge=1, le=3600)
-    gunicorn_max_requests: int = Field(default=10_000, ge=0)
+    # Recycle a worker after this many requests (0 = never); jittered by 10 %. Each restart
+    # stalls the requests queued on that worker for the app start (about a second).
+    gunicorn_max_requests: int = Field(default=50_000, ge=0)
 
     @field_validator("admin_rate_limit", "enqueue_rate_limit", "dashboard_rate_limit",
                      "webhook_rate_limit")
