@@ -215,7 +215,8 @@ class ClarityWorker(Worker):
 
     def _settle(self, settlement: Settlement):
         try:
-            self.huey.storage.settle([settlement])
+            # Ask for the next job in the same round trip, unless we are stopping.
+            self.huey.storage.settle([settlement], fetch=not self.stop_flag.is_set())
         except RedisError:
             log.exception("could not settle job %s (%s); its lease will expire and the reaper "
                           "will redeliver it", settlement.lease.id, settlement.op)
@@ -440,6 +441,11 @@ class ClarityRunner:
             for c in self.consumers:
                 c._interrupt_workers()
                 self._requeue_running(c)
+        for c in self.consumers:
+            try:  # a worker may have prefetched while we waited
+                c.huey.storage.release_unstarted()
+            except RedisError:
+                pass
         LeaseKeeper.stop_all()
         log.info("worker %s stopped: %d completed, %d failed", self.state.name,
                  self.state.processed, self.state.failed)

@@ -190,7 +190,7 @@ def connection_pool(settings: Settings) -> redis.ConnectionPool:
             pool = redis.ConnectionPool.from_url(
                 url, socket_timeout=settings.redis_socket_timeout + 2,
                 socket_connect_timeout=settings.redis_socket_timeout,
-                health_check_interval=30, max_connections=512)
+                max_connections=512)
             _pools[url] = pool
         return pool
 

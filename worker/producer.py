@@ -88,6 +88,8 @@ def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 def _resolve_eta(delay, scheduled_at):
     if delay is not None and scheduled_at is not None:
         raise JobError("delay", "give either delay or scheduled_at, not both")
+    if delay is None and scheduled_at is None:
+        return None
     now = dt.datetime.now(dt.UTC)
     if delay is not None:
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(
@@ -118,10 +120,18 @@ def _resolve_eta(delay, scheduled_at):
 def enqueue(queue: str, task: str, payload: dict, *, priority=None, delay=None,
             scheduled_at=None, idempotency_key=None, settings: Settings | None = None,
             max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> EnqueuedJob:
-    """Enqueue one job; see `enqueue_many`."""
-    return enqueue_many([JobRequest(queue, task, payload, priority, delay, scheduled_at,
-                                    idempotency_key)], settings=settings,
-                        max_payload_bytes=max_payload_bytes)[0]
+    """Enqueue one job (one round trip); see `enqueue_many`."""
+    settings = settings or get_settings()
+    load_task_modules(settings.task_modules)
+    req = JobRequest(queue, task, payload, priority, delay, scheduled_at, idempotency_key)
+    _, spec, payload_json, priority, eta = validate(req, max_payload_bytes)
+    huey = get_huey(queue, settings)
+    job_id = str(uuid.uuid4())
+    data = huey.serializer.encode_new_job(job_id, spec.name, payload_json, priority, eta,
+                                          spec.retries, spec.retry_delay, spec.timeout)
+    [(created, job_id)] = huey.storage.enqueue_jobs(
+        [(job_id, data, priority, eta_ms(eta), spec.name, idempotency_key)], fresh=True)
+    return EnqueuedJob(job_id, queue, spec.name, created)
 
 
 def enqueue_many(requests: list[JobRequest], *, settings: Settings | None = None,
@@ -149,7 +159,9 @@ def enqueue_many(requests: list[JobRequest], *, settings: Settings | None = None
                               spec.retry_delay, spec.timeout)
                 jobs.append((job_id, data, priority, eta_ms(eta), spec.name,
                              requests[i].idempotency_key))
-            for i, (created, job_id) in zip(chunk, huey.storage.enqueue_jobs(jobs), strict=True):
+            fresh = all(requests[i].job_id is None for i in chunk)
+            enqueued = huey.storage.enqueue_jobs(jobs, fresh=fresh)
+            for i, (created, job_id) in zip(chunk, enqueued, strict=True):
                 results[i] = EnqueuedJob(job_id, queue, checked[i][1].name, created)
     return results  # type: ignore[return-value]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 QUEUE_NAMES = ("sync", "email", "cleanup", "webhook", "notifications")
 
@@ -64,68 +65,68 @@ class QueueKeys:
     def _key(self, suffix: str) -> str:
         return f"{self.prefix}:{{{self.queue}}}:{suffix}"
 
-    @property
+    @cached_property
     def base(self) -> str:
         return self._key("")
 
-    @property
+    @cached_property
     def waiting(self) -> str:
         return self._key("waiting")
 
-    @property
+    @cached_property
     def delayed(self) -> str:
         return self._key("delayed")
 
-    @property
+    @cached_property
     def active(self) -> str:
         return self._key("active")
 
-    @property
+    @cached_property
     def failed(self) -> str:
         return self._key("failed")
 
-    @property
+    @cached_property
     def seq(self) -> str:
         return self._key("seq")
 
-    @property
+    @cached_property
     def wake(self) -> str:
         return self._key("wake")
 
-    @property
+    @cached_property
     def paused(self) -> str:
         return self._key("paused")
 
-    @property
+    @cached_property
     def job_prefix(self) -> str:
         return self._key("job:")
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
 
-    @property
+    @cached_property
     def idem_prefix(self) -> str:
         return self._key("idem:")
 
-    @property
+    @cached_property
     def results(self) -> str:
         return self._key("results")
 
-    @property
+    @cached_property
     def counters(self) -> str:
         return self._key("counters")
 
-    @property
+    @cached_property
     def stats(self) -> str:
         return self._key("stats")
 
-    @property
+    @cached_property
     def reaper_lock(self) -> str:
         return self._key("lock:reaper")
 
     def periodic_lock(self, tick: str) -> str:
         return self._key(f"lock:periodic:{tick}")
 
-    @property
+    @cached_property
     def workers(self) -> str:
         return self._key("workers")

@@ -66,7 +66,7 @@ class Settlement:
 
     def args(self) -> list:
         return [self.op, self.lease.id, self.lease.token, self.reason, self.error_type,
-                self.error[:4000], self.traceback[-16000:], self.attempts, 0]
+                self.error[:4000], self.traceback[-16000:], self.attempts]
 
 
 class ReliableRedisStorage(PriorityRedisStorage):
@@ -88,13 +88,13 @@ class ReliableRedisStorage(PriorityRedisStorage):
         self.max_deliveries = max_deliveries
         self.max_batch = max_batch
         self._batch = 1
+        self._last_settled = 0
         self._buffer: deque[Lease] = deque()
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
         reg = self.conn.register_script
         self._enqueue = reg(_script("enqueue"))
         self._lease = reg(_script("lease"))
-        self._settle = reg(_script("settle"))
         self._renew = reg(_script("renew"))
         self._reap = reg(_script("reap"))
         self._promote = reg(_script("promote"))
@@ -103,16 +103,20 @@ class ReliableRedisStorage(PriorityRedisStorage):
 
     # -- enqueue -------------------------------------------------------------------------
 
-    def enqueue_jobs(self, jobs, idempotency_ttl=IDEMPOTENCY_TTL):
+    def enqueue_jobs(self, jobs, idempotency_ttl=IDEMPOTENCY_TTL, fresh=False):
         """Enqueue [(id, data, priority, eta_ms, task, idempotency_key|None)] in one call.
-        Returns [(created, job_id)]: with a known idempotency key, the first job's id."""
+        Returns [(created, job_id)]: with a known idempotency key, the first job's id.
+        `fresh`: every id was just generated, so no earlier state exists (saves a lookup)."""
         k = self.keys
         keys = [k.waiting, k.delayed, k.seq, k.wake, k.active]
-        args = [idempotency_ttl]
+        args = [idempotency_ttl, int(time.time() * 1000)]
+        fresh_flag = "1" if fresh else "0"
+        job_prefix, idem_prefix = k.job_prefix, k.idem_prefix
         for job_id, data, priority, eta_ms, task, idem in jobs:
-            job_key = k.job(job_id)
-            keys += [job_key, k.idem_prefix + idem if idem else job_key]
-            args += [job_id, data, int(priority), int(eta_ms or 0), task, "1" if idem else "0"]
+            job_key = job_prefix + job_id
+            keys += [job_key, idem_prefix + idem if idem else job_key]
+            args += [job_id, data, int(priority), eta_ms or 0, task, "1" if idem else "0",
+                     fresh_flag]
         flat = self._enqueue(keys=keys, args=args)
         return [(bool(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
@@ -128,32 +132,49 @@ class ReliableRedisStorage(PriorityRedisStorage):
         When the last round trip filled its batch the queue is busy, and the next one leases
         twice as many (up to max_batch); otherwise one at a time, so that a high-priority job
         that arrives is not stuck behind a local batch of lower ones."""
-        with self._lock:
-            if self._buffer:
-                lease = self._buffer.popleft()
-                lease.started = True
-                return lease
-            count = self._batch
-        result = self._lease(keys=[self.keys.waiting, self.keys.active, self.keys.paused],
-                             args=[count, self.lease_ms, self.consumer_id, self.keys.job_prefix])
-        if result and result[0] == -1:
+        lease = self._pop_buffer()
+        if lease is not None:
+            return lease
+        status = self._call([], self._batch)
+        if status == -1:
             return PAUSED
-        if not result:
-            self._batch = 1
-            if block:
-                self._wait_for_work()
-            return None
-        leases = [Lease(_text(result[i]), result[i + 1], int(result[i + 2]), int(result[i + 3]),
-                        int(result[i + 4]), self.consumer_id)
-                  for i in range(0, len(result), 5)]
+        lease = self._pop_buffer()
+        if lease is None and block:
+            self._wait_for_work()
+        return lease
+
+    def _pop_buffer(self):
+        with self._lock:
+            if not self._buffer:
+                return None
+            lease = self._buffer.popleft()
+        lease.started = True
+        return lease
+
+    def _call(self, settlements, count) -> int:
+        """One round trip: settle, then lease up to `count` into the local buffer. Returns the
+        number leased, or -1 when the queue is paused."""
+        k = self.keys
+        args = [k.job_prefix, count, self.lease_ms, self.consumer_id]
+        for s in settlements:
+            args += s.args()
+        with self._lock:
+            for s in settlements:
+                self._held.pop(s.lease.id, None)
+        result = self._lease(keys=[k.waiting, k.active, k.failed, k.wake, k.paused], args=args)
+        self._last_settled = int(result[0])
+        status = int(result[1])
+        if count == 0 or status == -1:
+            return status
+        leases = [Lease(_text(result[i]), result[i + 1], int(result[i + 2]),
+                        int(result[i + 3]), int(result[i + 4]), self.consumer_id)
+                  for i in range(2, len(result), 5)]
         with self._lock:
             self._batch = min(self.max_batch, count * 2) if len(leases) == count else 1
             for lease in leases:
                 self._held[lease.id] = lease
-            first, rest = leases[0], leases[1:]
-            self._buffer.extend(rest)
-        first.started = True
-        return first
+            self._buffer.extend(leases)
+        return status
 
     def _wait_for_work(self):
         # Idle: block on the wake list rather than polling. A token may be stale (another
@@ -178,17 +199,15 @@ class ReliableRedisStorage(PriorityRedisStorage):
         with self._lock:
             self._held.pop(lease.id, None)
 
-    def settle(self, settlements: list[Settlement]) -> int:
+    def settle(self, settlements: list[Settlement], fetch: bool = False) -> int:
+        """End these leases. With `fetch`, the same round trip leases the next job(s) into the
+        local buffer when it is empty, so the next `lease()` needs no round trip."""
         if not settlements:
             return 0
-        args = [self.keys.job_prefix]
-        for s in settlements:
-            args += s.args()
         with self._lock:
-            for s in settlements:
-                self._held.pop(s.lease.id, None)
-        k = self.keys
-        return self._settle(keys=[k.active, k.waiting, k.failed, k.wake], args=args)
+            fetch = fetch and not self._buffer
+        self._call(settlements, self._batch if fetch else 0)
+        return self._last_settled
 
     def release_unstarted(self) -> int:
         """Give back leased jobs that no worker started (graceful stop)."""

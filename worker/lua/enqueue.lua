@@ -1,12 +1,15 @@
 -- Enqueue one or more jobs atomically.
 -- KEYS: waiting, delayed, seq, wake, active, then per job: job hash, idempotency key
--- ARGV: idem_ttl, then per job 6 values: id, message, priority, eta_ms (0 = now), task, has_idem
+-- ARGV: idem_ttl, now_ms, then per job 7 values:
+--   id, message, priority, eta_ms (0 = now), task, has_idem, fresh
+-- `fresh` = 1: a new id the producer just made, so there is no earlier state to look up.
+-- `now_ms` is the producer's clock: a delayed job's due time comes from the same clock.
+-- (Lease deadlines, which hosts must agree on, use Redis' own TIME.)
 -- Returns per job: {created (1/0), job id}. A job already leased (a Huey retry of the
 -- running job) is moved out of the active set in the same step, so it cannot be lost
 -- between its failure and its requeue.
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 local idem_ttl = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
 local n = (#KEYS - 5) / 2
 -- One INCRBY reserves a FIFO sequence number for every job of this call.
 local seq = redis.call('INCRBY', KEYS[3], n) - n
@@ -15,13 +18,15 @@ local woken = 0
 for i = 0, n - 1 do
   local job = KEYS[6 + i * 2]
   local idem = KEYS[7 + i * 2]
-  local a = 2 + i * 6
-  local id, msg, prio, eta, task, has_idem =
-    ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5]
+  local a = 3 + i * 7
+  local id, msg, prio, eta, task, has_idem, fresh =
+    ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4],
+    ARGV[a + 5], ARGV[a + 6]
   local existing = false
   if has_idem == '1' then
     existing = redis.call('GET', idem)
   end
+  seq = seq + 1
   if existing then
     out[#out + 1] = 0
     out[#out + 1] = existing
@@ -29,27 +34,37 @@ for i = 0, n - 1 do
     if has_idem == '1' then
       redis.call('SET', idem, id, 'EX', idem_ttl)
     end
-    local state = redis.call('HGET', job, 'state')
-    if state == 'active' then
-      -- A retry is a new attempt, not a redelivery: restart the delivery count.
-      redis.call('ZREM', KEYS[5], id)
-      redis.call('HDEL', job, 'lease', 'consumer')
-      redis.call('HSET', job, 'deliveries', 0)
-      redis.call('HINCRBY', job, 'attempt', 1)
-    elseif not state then
-      redis.call('HSET', job, 'enq', now, 'task', task)
+    local state = false
+    if fresh ~= '1' then
+      state = redis.call('HGET', job, 'state')
+      if state == 'active' then
+        -- A retry is a new attempt, not a redelivery: restart the delivery count.
+        redis.call('ZREM', KEYS[5], id)
+        redis.call('HDEL', job, 'lease', 'consumer')
+        redis.call('HSET', job, 'deliveries', 0)
+        redis.call('HINCRBY', job, 'attempt', 1)
+      end
     end
-    seq = seq + 1
     if eta > now then
       if state then redis.call('ZREM', KEYS[1], id) end
       redis.call('ZADD', KEYS[2], eta, id)
-      redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'delayed', 'eta', eta)
+      if state then
+        redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'delayed', 'eta', eta)
+      else
+        redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'delayed', 'eta', eta,
+          'enq', now, 'task', task)
+      end
     else
       local score = (10 - prio) * 100000000000000 + seq
       if state then redis.call('ZREM', KEYS[2], id) end
       redis.call('ZADD', KEYS[1], score, id)
-      redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'waiting', 'ready', now,
-        'score', score)
+      if state then
+        redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'waiting', 'ready', now,
+          'score', score)
+      else
+        redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'waiting', 'ready', now,
+          'score', score, 'enq', now, 'task', task)
+      end
       woken = woken + 1
     end
     out[#out + 1] = 1
@@ -60,7 +75,8 @@ if woken > 0 then
   -- Wake tokens, capped: idle consumers block on this list instead of polling.
   local tokens = {}
   for t = 1, math.min(woken, 64) do tokens[t] = 1 end
-  redis.call('RPUSH', KEYS[4], unpack(tokens))
-  redis.call('LTRIM', KEYS[4], -256, -1)
+  if redis.call('RPUSH', KEYS[4], unpack(tokens)) > 256 then
+    redis.call('LTRIM', KEYS[4], -256, -1)
+  end
 end
 return out
