@@ -17,6 +17,11 @@ CACHE="${CLARITY_MOLECULE_CACHE:-/var/cache/clarity-molecule}"
 IMAGE="localhost/clarity-bookworm-systemd"
 # The base image: what the design's recipe names; roles install everything else from apt.
 IMAGE_PACKAGES="systemd,systemd-sysv,dbus,python3,sudo,iproute2,procps"
+# Downloaded into the image's apt cache, NOT installed: hosts stay bare, but the roles'
+# apt installs need no download and no shared cache (one shared /var/cache/apt/archives
+# would serialise every container's apt run on its lock).
+PRESEED_PACKAGES="ca-certificates nftables systemd-timesyncd python3-apt redis-server redis-tools cron
+prometheus-redis-exporter prometheus-node-exporter python3-venv nginx openssl prometheus"
 ROLE_SCENARIOS=(common redis clarity_worker clarity_admin nginx monitoring)
 
 log() { printf '\n=== %s  %s\n' "$(date +%T)" "$*"; }
@@ -72,7 +77,7 @@ CONF
 
 build_image() {
     local key rootfs tarball mirror
-    key=$(printf '%s bookworm minbase' "$IMAGE_PACKAGES" | sha256sum | cut -c1-12)
+    key=$(printf '%s bookworm minbase %s' "$IMAGE_PACKAGES" "$PRESEED_PACKAGES" | sha256sum | cut -c1-12)
     tarball="$CACHE/rootfs-$key.tar"
     if podman image exists "$IMAGE:$key"; then
         podman tag "$IMAGE:$key" "$IMAGE:latest"
@@ -90,6 +95,12 @@ build_image() {
         # Containers reach the same mirror through podman's NAT.
         printf 'deb %s bookworm main\ndeb %s bookworm-updates main\n' "$mirror" "$mirror" \
             > "$rootfs/etc/apt/sources.list"
+        log "apt-get --download-only into the image's cache"
+        cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+        # shellcheck disable=SC2086
+        chroot "$rootfs" sh -c "apt-get update -qq && apt-get install -qq -y --download-only $PRESEED_PACKAGES" \
+            > "$CACHE/preseed.log" 2>&1 || { tail -n 30 "$CACHE/preseed.log"; return 1; }
+        : > "$rootfs/etc/resolv.conf"
         tar -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
         rm -rf "$rootfs"
     fi
@@ -98,8 +109,119 @@ build_image() {
     podman tag "$IMAGE:$key" "$IMAGE:latest"
 }
 
+build_wheelhouse() {
+    # One build per run, shared by every scenario (the roles read CLARITY_WHEELHOUSE). Built
+    # with Debian's own python3: the hosts' Python to the patch level (3.11.2), so wheels'
+    # environment markers resolve as they will on the hosts.
+    if [[ -n "${CLARITY_WHEELHOUSE:-}" ]]; then
+        return
+    fi
+    CLARITY_WHEELHOUSE="$CACHE/wheelhouse-run"
+    rm -rf "$CLARITY_WHEELHOUSE"
+    log "pip wheel $ROOT (with /usr/bin/python3)"
+    /usr/bin/python3 -m pip wheel --quiet --disable-pip-version-check \
+        --wheel-dir "$CLARITY_WHEELHOUSE" "$ROOT" 2>&1 | grep -v "is ignored: it is neither" || true
+    ls "$CLARITY_WHEELHOUSE"/clarity_jobs-*.whl >/dev/null
+    export CLARITY_WHEELHOUSE
+}
+
+lint() {
+    log "yamllint, ansible-lint (production profile)"
+    (cd "$ROOT/ansible" && yamllint --strict . && ansible-lint --profile production --offline)
+}
+
+role_scenario() {  # role_scenario ROLE: `molecule test` of the role's default scenario
+    local role="$1"
+    (cd "$ROOT/ansible/roles/$role" && timeout 1200 molecule -c "$ROOT/ansible/molecule/base.yml" test)
+}
+
+fleet_step() {  # fleet_step ACTION: one step of the fleet scenario, logged to fleet-ACTION.log
+    (cd "$ROOT/ansible" && timeout 1200 molecule -c molecule/base.yml "$1" -s fleet) \
+        > "$LOGS/fleet-$1.log" 2>&1
+}
+
+fleet() {
+    local rc=0 changed step
+    for step in destroy create converge idempotence verify; do
+        timed "fleet: $step" fleet_step "$step" || { rc=$?; break; }
+    done
+    if ((rc)); then
+        echo "fleet scenario failed at $step; last lines of $LOGS/fleet-$step.log:" >&2
+        sed 's/\x1b\[[0-9;]*m//g' "$LOGS/fleet-$step.log" | grep -vE '^\s*│\s*$' | tail -n 60 >&2
+    fi
+    cp "$LOGS/fleet-destroy.log" "$LOGS/fleet-destroy-stale.log" 2>/dev/null || true
+    timed "fleet: destroy" fleet_step destroy || true
+    if [[ -f "$LOGS/fleet-idempotence.log" ]]; then
+        # The second run of site.yml: the sum of changed= over every host's recap.
+        changed=$(sed 's/\x1b\[[0-9;]*m//g' "$LOGS/fleet-idempotence.log" \
+            | grep -oE '^\s*│? *[a-z0-9]+ +: ok=[0-9]+ +changed=[0-9]+' \
+            | grep -oE 'changed=[0-9]+' | awk -F= '{n += $2} END {print n + 0}')
+        timings+=("fleet: second site.yml run changed count = $changed")
+    fi
+    return "$rc"
+}
+
 if [[ "${1:-}" == "--image-only" ]]; then
     podman_conf
     build_image
     exit 0
 fi
+
+start_all=$(date +%s)
+export PATH="$VENV/bin:$PATH"
+export CLARITY_ANSIBLE_DIR="$ROOT/ansible"
+export ANSIBLE_VAULT_PASSWORD_FILE="$ROOT/ansible/inventories/molecule/vault-password"
+LOGS="${MOLECULE_LOG_DIR:-$CACHE/logs}"
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*.log
+
+scenarios=("$@")
+((${#scenarios[@]})) || scenarios=("${ROLE_SCENARIOS[@]}" fleet)
+
+install_host_tools
+podman_conf
+timed "base image" build_image
+if [[ -z "${MOLECULE_SKIP_LINT:-}" ]]; then
+    timed "lint" lint
+fi
+timed "wheelhouse" build_wheelhouse
+
+# Role scenarios two at a time (containers are named per scenario); the fleet alone.
+failed=()
+pids=()
+names=()
+jobs_max="${MOLECULE_JOBS:-2}"
+for scenario in "${scenarios[@]}"; do
+    [[ "$scenario" == fleet ]] && continue
+    while (( $(jobs -rp | wc -l) >= jobs_max )); do sleep 2; done
+    log "molecule test: $scenario"
+    ( start=$(date +%s); rc=0
+      role_scenario "$scenario" > "$LOGS/$scenario.log" 2>&1 || rc=$?
+      echo "$(( $(date +%s) - start )) $rc" > "$LOGS/$scenario.result" ) &
+    pids+=($!)
+    names+=("$scenario")
+done
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || true
+    read -r secs rc < "$LOGS/${names[$i]}.result"
+    timings+=("$(printf '%-28s %4ss  rc=%s' "molecule test ${names[$i]}" "$secs" "$rc")")
+    if ((rc)); then
+        failed+=("${names[$i]}")
+        echo "scenario ${names[$i]} failed; last lines of $LOGS/${names[$i]}.log:" >&2
+        sed 's/\x1b\[[0-9;]*m//g' "$LOGS/${names[$i]}.log" | grep -vE '^\s*│\s*$' | tail -n 60 >&2
+    fi
+done
+if [[ " ${scenarios[*]} " == *" fleet "* ]]; then
+    log "molecule fleet (site.yml on redis1, worker1, worker2, admin1)"
+    fleet || failed+=(fleet)
+fi
+
+echo
+echo "=== Molecule timings (logs in $LOGS)"
+printf '  %s\n' "${timings[@]}"
+printf '  %-28s %4ss\n' "total" "$(( $(date +%s) - start_all ))"
+if ((${#failed[@]})); then
+    echo "FAILED scenarios: ${failed[*]}" >&2
+    exit 1
+fi
+echo "all Molecule scenarios passed: ${scenarios[*]}"
