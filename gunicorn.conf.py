@@ -39,6 +39,9 @@ max_requests = _admin.gunicorn_max_requests
 max_requests_jitter = max_requests // 10 if max_requests else 0
 # Never preload: each worker opens its own Redis pool after the fork.
 preload_app = False
+# As long a request line as nginx passes (large_client_header_buffers 8k): nginx, not
+# gunicorn, refuses a longer one, and answers in JSON.
+limit_request_line = 8190
 umask = 0o007  # the socket is for nginx (group clarity), nobody else
 # The app applies X-Forwarded-* itself (ProxyFix, exactly one hop); gunicorn must not too.
 forwarded_allow_ips = ""

@@ -36,6 +36,7 @@ AUTH_ERRORS = {
     "403": _error("The key's kind may not do this (e.g. a read-only key on a mutation)"),
     "429": _error("Rate limit exceeded for this client", RETRY_AFTER),
     "503": _error("Redis is unavailable", RETRY_AFTER),
+    "414": _error("The URL is too long (nginx and gunicorn take about 8 KiB)"),
 }
 
 NULLABLE_STR = {"type": ["string", "null"]}
@@ -299,7 +300,8 @@ def spec(server_url: str = "") -> dict:
                     "summary": "204 when the key is an admin or read-only key (nginx "
                                "auth_request for /queue/health and /workers/...)",
                     "responses": {"204": {"description": "The key is valid"},
-                                  "401": AUTH_ERRORS["401"], "403": AUTH_ERRORS["403"]},
+                                  "401": AUTH_ERRORS["401"], "403": AUTH_ERRORS["403"],
+                                  "414": AUTH_ERRORS["414"], "429": AUTH_ERRORS["429"]},
                 },
             },
             "/api/admin/openapi.json": {
@@ -308,7 +310,7 @@ def spec(server_url: str = "") -> dict:
                     "summary": "This document",
                     "security": [],
                     "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document"),
-                                  "429": AUTH_ERRORS["429"]},
+                                  "414": AUTH_ERRORS["414"], "429": AUTH_ERRORS["429"]},
                 },
             },
             "/api/jobs": {
@@ -350,6 +352,7 @@ def spec(server_url: str = "") -> dict:
                         "401": _error("Missing, bad or stale signature"),
                         "404": _error("Unknown provider"),
                         "413": _error("Body too large"),
+                        "414": AUTH_ERRORS["414"],
                         "429": AUTH_ERRORS["429"],
                         "503": _error("Redis unavailable or webhook processing not set up",
                                       RETRY_AFTER),

@@ -180,3 +180,8 @@ def test_dashboard_login_over_tls_sets_a_secure_httponly_cookie(web):
     cookie = response.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     assert web.get("/").status_code == 200
+
+
+def test_overlong_url_is_a_json_414(web):
+    response = web.get("/api/admin/queue?id=" + "x" * 9000, headers=READONLY)
+    assert response.status_code == 414 and response.json()["error"] == "uri_too_long"
