@@ -88,7 +88,7 @@ build_image() {
         rootfs=$(mktemp -d "$CACHE/rootfs.XXXX")
         log "debootstrap bookworm ($IMAGE_PACKAGES)"
         debootstrap --variant=minbase --include="$IMAGE_PACKAGES" bookworm "$rootfs" "$mirror" \
-            > "$CACHE/debootstrap.log" 2>&1 || { tail -n 30 "$CACHE/debootstrap.log"; return 1; }
+            > "$CACHE/debootstrap.log" 2>&1 || { tail -n 30 "$CACHE/debootstrap.log"; rm -rf "$rootfs"; return 1; }
         # Each container gets its own machine id at boot.
         : > "$rootfs/etc/machine-id"
         rm -f "$rootfs/var/lib/dbus/machine-id"
@@ -98,8 +98,8 @@ build_image() {
         log "apt-get --download-only into the image's cache"
         cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
         # shellcheck disable=SC2086
-        chroot "$rootfs" sh -c "apt-get update -qq && apt-get install -qq -y --download-only $PRESEED_PACKAGES" \
-            > "$CACHE/preseed.log" 2>&1 || { tail -n 30 "$CACHE/preseed.log"; return 1; }
+        chroot "$rootfs" sh -c "apt-get update -qq && apt-get install -qq -y --download-only $(echo $PRESEED_PACKAGES)" \
+            > "$CACHE/preseed.log" 2>&1 || { tail -n 30 "$CACHE/preseed.log"; rm -rf "$rootfs"; return 1; }
         : > "$rootfs/etc/resolv.conf"
         tar -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
         rm -rf "$rootfs"
@@ -107,6 +107,8 @@ build_image() {
     log "podman import $IMAGE:$key"
     podman import --change 'CMD ["/sbin/init"]' "$tarball" "$IMAGE:$key" >/dev/null
     podman tag "$IMAGE:$key" "$IMAGE:latest"
+    # Older package lists' tarballs are dead weight (their images stay until unused).
+    find "$CACHE" -maxdepth 1 -name 'rootfs-*.tar' ! -name "rootfs-$key.tar" -delete
 }
 
 build_wheelhouse() {

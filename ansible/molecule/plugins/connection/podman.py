@@ -11,10 +11,10 @@ import shlex
 
 from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.containers.podman.plugins.connection.podman import (
-    Connection as PodmanConnection,
+    DOCUMENTATION,  # noqa: F401 - the options are the collection's
 )
 from ansible_collections.containers.podman.plugins.connection.podman import (
-    DOCUMENTATION,  # noqa: F401 - the options are the collection's
+    Connection as PodmanConnection,
 )
 
 
@@ -30,4 +30,6 @@ class Connection(PodmanConnection):
         args = ["exec", "-i"]
         if self.user:
             args.extend(("--user", self.user))
-        return self._podman(args, shlex.split(to_native(cmd, errors="surrogate_or_strict")), in_data)
+        return self._podman(
+            args, shlex.split(to_native(cmd, errors="surrogate_or_strict")), in_data
+        )

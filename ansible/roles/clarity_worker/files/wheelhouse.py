@@ -42,8 +42,16 @@ def main() -> int:
         for stale in wheels_dir.glob("clarity_jobs-*.whl"):
             stale.unlink()
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels_dir),
-             args.project],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--wheel-dir",
+                str(wheels_dir),
+                args.project,
+            ],
             check=True,
         )
     wheels = sorted(wheels_dir.glob("*.whl"))

@@ -18,8 +18,9 @@ def test_admin_service_runs_as_clarity_and_is_enabled(host):
 
 
 def test_socket_answers_the_api_with_the_key_only(host):
-    status, _, body = http_once(host, HEALTH, unix_socket=SOCKET,
-                                headers={"Authorization": f"Bearer {KEY}"})
+    status, _, body = http_once(
+        host, HEALTH, unix_socket=SOCKET, headers={"Authorization": f"Bearer {KEY}"}
+    )
     assert status == 200, body
     assert json.loads(body)
     status, _, _ = http_once(host, HEALTH, unix_socket=SOCKET)
@@ -41,5 +42,7 @@ def test_admin_unit_passes_verify_and_is_hardened(host):
     result = host.run("systemd-analyze verify /etc/systemd/system/clarity-admin.service")
     assert result.rc == 0 and result.stderr.strip() == "", result.stderr
     out = host.run("systemd-analyze security --no-pager clarity-admin.service").stdout
-    exposure = float(out.rsplit("Overall exposure level for clarity-admin.service: ", 1)[1].split()[0])
+    exposure = float(
+        out.rsplit("Overall exposure level for clarity-admin.service: ", 1)[1].split()[0]
+    )
     assert exposure <= 2.5

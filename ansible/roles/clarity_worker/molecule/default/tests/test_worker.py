@@ -37,15 +37,19 @@ def test_env_files_are_root_only_and_hold_the_vault_secret(host):
 
 
 def test_units_pass_systemd_analyze_verify(host):
-    result = host.run("systemd-analyze verify /etc/systemd/system/clarity-worker@.service "
-                      "/etc/systemd/system/clarity-worker@sync.service")
+    result = host.run(
+        "systemd-analyze verify /etc/systemd/system/clarity-worker@.service "
+        "/etc/systemd/system/clarity-worker@sync.service"
+    )
     assert result.rc == 0, result.stderr
     assert result.stderr.strip() == ""
 
 
 def test_worker_exposure_is_at_most_2_5(host):
     out = host.run("systemd-analyze security --no-pager clarity-worker@sync.service").stdout
-    exposure = float(out.rsplit("Overall exposure level for clarity-worker@sync.service: ", 1)[1].split()[0])
+    exposure = float(
+        out.rsplit("Overall exposure level for clarity-worker@sync.service: ", 1)[1].split()[0]
+    )
     print(f"systemd-analyze security clarity-worker@sync.service: {exposure}")
     assert exposure <= 2.5
 

@@ -26,7 +26,9 @@ def test_authenticated_clients_can_use_it(host):
     assert cli(host, "PING").stdout.strip() == "PONG"
 
 
-@pytest.mark.parametrize("command", ["FLUSHALL", "FLUSHDB", "KEYS *", "DEBUG SLEEP 0", "CONFIG GET maxmemory"])
+@pytest.mark.parametrize(
+    "command", ["FLUSHALL", "FLUSHDB", "KEYS *", "DEBUG SLEEP 0", "CONFIG GET maxmemory"]
+)
 def test_dangerous_commands_are_unknown(host, command):
     assert "unknown command" in cli(host, command).stdout.lower()
 
@@ -73,7 +75,9 @@ def test_backup_produces_a_checked_rdb_and_prunes_old_ones(host):
     cli(host, "SET", "clarity:{sync}:backup-probe", "1")
     old = "/var/backups/redis/dump-20000101T000000Z.rdb"
     host.run(f"touch -d '10 days ago' {old}")
-    run = host.run("set -a && . /etc/clarity/redis-backup.env && /usr/local/sbin/clarity-redis-backup")
+    run = host.run(
+        "set -a && . /etc/clarity/redis-backup.env && /usr/local/sbin/clarity-redis-backup"
+    )
     assert run.rc == 0, run.stderr
     newest = host.run("ls -1t /var/backups/redis/dump-*.rdb | head -n1").stdout.strip()
     assert host.run(f"redis-check-rdb {newest}").rc == 0
@@ -89,5 +93,7 @@ def test_backup_is_scheduled_by_cron(host):
 
 
 def test_redis_exporter_serves_metrics(host):
-    out = host.run("python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9121/metrics').read().decode())\"")
+    out = host.run(
+        "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9121/metrics').read().decode())\""
+    )
     assert "redis_up 1" in out.stdout
