@@ -185,3 +185,8 @@ def test_dashboard_login_over_tls_sets_a_secure_httponly_cookie(web):
 def test_overlong_url_is_a_json_414(web):
     response = web.get("/api/admin/queue?id=" + "x" * 9000, headers=READONLY)
     assert response.status_code == 414 and response.json()["error"] == "uri_too_long"
+
+
+def test_oversized_header_is_a_json_400(web):
+    response = web.get("/api/admin/queue", headers={**READONLY, "X-Junk": "j" * 20_000})
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
