@@ -30,7 +30,8 @@ def test_delayed_and_scheduled_jobs_never_run_early_and_start_within_a_second(en
     import datetime as dt
 
     workers()
-    time.sleep(0.5)
+    enqueue("sync", "record", {"n": "ready"})  # the worker is up once this has run
+    wait_for(lambda: recorded("done") == ["ready"], message="worker ready")
     now = time.time()
     due = {}
     for i, delay in enumerate((0.5, 1.0, 1.7, 2.5)):

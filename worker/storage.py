@@ -89,6 +89,7 @@ class ReliableRedisStorage(PriorityRedisStorage):
         self.max_batch = max_batch
         self._batch = 1
         self._last_settled = 0
+        self._found_empty = False
         self._buffer: deque[Lease] = deque()
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
@@ -135,6 +136,11 @@ class ReliableRedisStorage(PriorityRedisStorage):
         lease = self._pop_buffer()
         if lease is not None:
             return lease
+        if block and self._found_empty:
+            # The settle that ended our last job already looked and found the queue empty:
+            # block for a wake token first instead of asking again.
+            self._found_empty = False
+            self._wait_for_work()
         status = self._call([], self._batch)
         if status == -1:
             return PAUSED
@@ -171,6 +177,7 @@ class ReliableRedisStorage(PriorityRedisStorage):
                   for i in range(2, len(result), 5)]
         with self._lock:
             self._batch = min(self.max_batch, count * 2) if len(leases) == count else 1
+            self._found_empty = not leases and bool(settlements)
             for lease in leases:
                 self._held[lease.id] = lease
             self._buffer.extend(leases)
