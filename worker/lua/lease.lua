@@ -54,6 +54,12 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   return {settled, -1}
 end
 local popped = redis.call('ZPOPMIN', KEYS[1], count)
+if #popped == 0 then
+  -- Nothing waits, so every wake token left is stale (its job was taken): drop them, or
+  -- idle workers would each wake for nothing once per token after a busy spell.
+  redis.call('DEL', KEYS[4])
+  return {settled, 0}
+end
 local out = {settled, 0}
 local deadline = now + tonumber(ARGV[3])
 local consumer = ARGV[4]
