@@ -69,3 +69,22 @@ def test_periodic_tasks_fire_once_per_tick_across_the_fleet(env):
     second = get_huey(queue, consumer_id="host-b").read_periodic(tick)
     assert first and second == []
     assert get_huey(queue, consumer_id="host-b").read_periodic(tick + dt.timedelta(hours=1))
+
+
+def test_processes_with_several_queues_is_refused_with_what_to_run_instead():
+    result = run_cli("worker", "-q", "sync", "-q", "email", "--processes",
+                     env={"JOB_SIGNING_SECRET": "s" * 32})
+    assert result.returncode == 2
+    assert "one queue per worker process" in result.stderr
+    assert "clarity-worker@<queue>" in result.stderr
+
+
+def test_one_worker_serves_several_queues_with_threads(env, workers):
+    from tests.conftest import wait_for
+    from tests.helpers import recorded
+    from worker.producer import enqueue
+
+    workers(queues=("email", "notifications"), concurrency=2)
+    enqueue("email", "record", {"n": "e"})
+    enqueue("notifications", "record", {"n": "n"})
+    wait_for(lambda: sorted(recorded("done")) == ["e", "n"], message="both queues served")
