@@ -105,6 +105,59 @@ def load(server: RedisServer, waiting: int, failed: int) -> dict:
             "redis_used_memory_mb": round(info["used_memory"] / 2**20)}
 
 
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU time of these processes (clock ticks from /proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU spent by gunicorn, nginx and Redis during a run: the cost of one request on this
+    machine whatever else runs on it (the wall-clock figures depend on a quiet machine)."""
+
+    def __init__(self, stack: Stack, redis_pid: int):
+        self.groups = {"gunicorn": _tree(stack.gunicorn.pid), "nginx": _tree(stack.nginx.pid),
+                       "redis": [redis_pid]}
+
+    def __enter__(self):
+        self.before = {k: cpu_seconds(v) for k, v in self.groups.items()}
+        return self
+
+    def per_request_ms(self, requests: int) -> dict:
+        after = {k: cpu_seconds(v) for k, v in self.groups.items()}
+        out = {k: round((after[k] - self.before[k]) * 1000 / max(requests, 1), 3)
+               for k in self.groups}
+        out["total"] = round(sum(out.values()), 3)
+        return out
+
+    def __exit__(self, *exc):
+        return False
+
+
 def wrk(url: str, seconds: int, connections: int, threads: int = 2, pages: str = "") -> dict:
     env = {**os.environ, "WRK_AUTH": ADMIN_KEY, "WRK_PAGES": pages}
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
@@ -123,13 +176,19 @@ def run_stack(server, workdir, args, cache_seconds: str, name: str, results: dic
     try:
         base = f"https://localhost:{stack.https_port}"
         wrk(base + "/api/admin/queue?action=overview", 3, args.connections)  # warm up
-        results[f"overview_{name}"] = wrk(base + "/api/admin/queue?action=overview",
-                                          args.seconds, args.connections)
+        with CpuMeter(stack, server.proc.pid) as meter:
+            results[f"overview_{name}"] = wrk(base + "/api/admin/queue?action=overview",
+                                              args.seconds, args.connections)
+            results[f"overview_{name}"]["cpu_ms_per_request"] = meter.per_request_ms(
+                results[f"overview_{name}"]["requests"])
         print(f"overview ({name}): {results[f'overview_{name}']}", flush=True)
         if name == "uncached":
             pages = f"{','.join(QUEUES)}:{args.failed // len(QUEUES)}:50"
-            results["failed_page_50"] = wrk(base + "/api/admin/queue", args.seconds,
-                                            args.page_connections, pages=pages)
+            with CpuMeter(stack, server.proc.pid) as meter:
+                results["failed_page_50"] = wrk(base + "/api/admin/queue", args.seconds,
+                                                args.page_connections, pages=pages)
+                results["failed_page_50"]["cpu_ms_per_request"] = meter.per_request_ms(
+                    results["failed_page_50"]["requests"])
             print(f"failed-jobs page of 50 ({args.page_connections} connections): "
                   f"{results['failed_page_50']}", flush=True)
             results["failed_page_50_busy"] = wrk(base + "/api/admin/queue", args.seconds,
@@ -159,7 +218,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="clarity-admin-bench-"))
     server = RedisServer(workdir / "redis", extra=("--maxmemory", "6gb", "--appendonly", "no"))
     server.start()
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "args": vars(args)}
+    results: dict = {"machine": {"cpus": os.cpu_count(),
+                                 "loadavg_at_start": os.getloadavg()}, "args": vars(args)}
     try:
         results["load"] = load(server, args.waiting, args.failed)
         print(f"loaded: {results['load']}", flush=True)
@@ -174,6 +234,7 @@ def main() -> int:
         "failed_page_p99_le_50ms": results["failed_page_50"]["p99_ms"] <= 50,
     }
     results["targets_met_uncached"] = targets
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "admin.json").write_text(json.dumps(results, indent=2))

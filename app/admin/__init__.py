@@ -28,6 +28,13 @@ class SessionInterface(SecureCookieSessionInterface):
     X-Forwarded-Proto, which ProxyFix applies), so the same app works on the plain-HTTP
     development server."""
 
+    def open_session(self, app: Flask, request):
+        # The JSON API authenticates with bearer keys only: no cookie is read (a session
+        # cookie cannot authorize an API call, so no CSRF there) and none is written.
+        if request.path.startswith(("/api/", "/metrics")):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
     def get_cookie_secure(self, app: Flask) -> bool:
         if has_request_context():
             return request.is_secure or bool(app.config["SESSION_COOKIE_SECURE"])
