@@ -9,28 +9,16 @@ an SMTP server on localhost).
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
 
-from worker.settings import SettingsError
-
-HANDLER_SECRET_FIELDS = {"database_url", "smtp_password", "aggregator_client_secret",
-                         "webhook_secrets"}
+from worker.settings import ClarityBaseSettings, load
 
 
-class HandlerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=os.environ.get("CLARITY_ENV_FILE", ".env"),
-        env_file_encoding="utf-8",
-        extra="ignore",
-        case_sensitive=False,
-        hide_input_in_errors=True,
-    )
+class HandlerSettings(ClarityBaseSettings):
 
     state_dir: Path = Path(".state")
 
@@ -134,29 +122,9 @@ class HandlerSettings(BaseSettings):
                 return [s.strip() for s in secret.split("|") if s.strip()]
         return []
 
-    def __repr_args__(self):
-        for name, value in super().__repr_args__():
-            if name in HANDLER_SECRET_FIELDS and value is not None:
-                yield name, "***"
-            else:
-                yield name, value
-
-
-def describe_errors(exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = error.get("loc") or ("settings",)
-        message = "is required but not set" if error.get("type") == "missing" else error.get(
-            "msg", "invalid value")
-        lines.append(f"  {str(loc[0]).upper()}: {message}")
-    return "invalid handler configuration:\n" + "\n".join(lines)
-
 
 def load_handler_settings(**overrides) -> HandlerSettings:
-    try:
-        return HandlerSettings(**overrides)
-    except ValidationError as exc:
-        raise SettingsError(describe_errors(exc)) from None
+    return load(HandlerSettings, "handler configuration", **overrides)
 
 
 @lru_cache(maxsize=1)

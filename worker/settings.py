@@ -18,22 +18,27 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.queues import QUEUE_NAMES
 
-SECRET_FIELDS = {"redis_password", "signing_secret", "admin_api_key", "admin_api_keys",
-                 "readonly_api_keys", "redis_url"}
-
 
 class SettingsError(Exception):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
-class Settings(BaseSettings):
+class ClarityBaseSettings(BaseSettings):
+    """The rules every settings class of the project follows: environment variables (any
+    case) over the `.env` file (`CLARITY_ENV_FILE` names another); unknown variables ignored;
+    secrets are `SecretStr`, so reprs show `**********`; errors never echo input values."""
+
     model_config = SettingsConfigDict(
-        env_file=os.environ.get("CLARITY_ENV_FILE", ".env"),
+        env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
         hide_input_in_errors=True,
     )
+
+
+class Settings(ClarityBaseSettings):
+    """The queue core's settings: Redis, signing, the worker runtime, logging."""
 
     # Redis: either REDIS_URL, or the parts.
     redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db")
@@ -123,38 +128,34 @@ class Settings(BaseSettings):
             return url
         return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
-    def __repr_args__(self):
-        for name, value in super().__repr_args__():
-            if name in SECRET_FIELDS and value is not None:
-                yield name, "***"
-            else:
-                yield name, value
 
 
-def _env_name(field_name: str) -> str:
-    field = Settings.model_fields.get(field_name)
-    if field is not None and field.alias:
-        return field.alias
-    return field_name.upper()
-
-
-def describe_errors(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError, model: type[BaseSettings],
+                    what: str = "configuration") -> str:
+    """One line per problem, naming the environment variable and the expected form."""
     lines = []
     for error in exc.errors():
         loc = error.get("loc") or ("settings",)
-        name = _env_name(str(loc[0])) if loc else "settings"
+        field = model.model_fields.get(str(loc[0]))
+        name = field.alias if field is not None and field.alias else str(loc[0]).upper()
         message = error.get("msg", "invalid value")
         if error.get("type") == "missing":
             message = "is required but not set"
         lines.append(f"  {name}: {message}")
-    return "invalid configuration:\n" + "\n".join(lines)
+    return f"invalid {what}:\n" + "\n".join(lines)
+
+
+def load(model: type[ClarityBaseSettings], what: str = "configuration",
+         error: type[Exception] = SettingsError, **overrides):
+    """Build a settings object; a bad value raises `error` naming the variable."""
+    try:
+        return model(_env_file=os.environ.get("CLARITY_ENV_FILE", ".env"), **overrides)
+    except ValidationError as exc:
+        raise error(describe_errors(exc, model, what)) from None
 
 
 def load_settings(**overrides) -> Settings:
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        raise SettingsError(describe_errors(exc)) from None
+    return load(Settings, **overrides)
 
 
 @lru_cache(maxsize=1)

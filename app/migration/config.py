@@ -20,13 +20,11 @@ and a bad value raises `SettingsError` naming the variable.
 from __future__ import annotations
 
 import enum
-import os
 from functools import lru_cache
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from worker.settings import SettingsError
+from worker.settings import ClarityBaseSettings, load
 
 
 class MigrationMode(str, enum.Enum):
@@ -35,14 +33,7 @@ class MigrationMode(str, enum.Enum):
     IMMEDIATE = "immediate"
 
 
-class MigrationSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=os.environ.get("CLARITY_ENV_FILE", ".env"),
-        env_file_encoding="utf-8",
-        extra="ignore",
-        case_sensitive=False,
-        hide_input_in_errors=True,
-    )
+class MigrationSettings(ClarityBaseSettings):
 
     enable_queue: bool = False
     migration_mode: MigrationMode = MigrationMode.TESTING
@@ -59,14 +50,7 @@ class MigrationSettings(BaseSettings):
 
 
 def load_migration_settings(**overrides) -> MigrationSettings:
-    try:
-        return MigrationSettings(**overrides)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            loc = error.get("loc") or ("settings",)
-            lines.append(f"  {str(loc[0]).upper()}: {error.get('msg', 'invalid value')}")
-        raise SettingsError("invalid migration configuration:\n" + "\n".join(lines)) from None
+    return load(MigrationSettings, "migration configuration", **overrides)
 
 
 @lru_cache(maxsize=1)
