@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 
 from app.migration.config import reset_migration_settings_cache
 from app.queue_service import reset_dispatchers
+from tests.conftest import wait_for
 from worker.db import migrate
 from worker.db.engine import get_engine, reset_engines
 from worker.handler_settings import reset_handler_settings_cache
@@ -146,10 +146,4 @@ def migration_env(monkeypatch):
 
 
 def wait_until(predicate, timeout=30.0, interval=0.05, message="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    return wait_for(predicate, timeout=timeout, interval=interval, message=message)
