@@ -5,7 +5,7 @@ the local fake aggregator (run in its own process), on SQLite and PostgreSQL.
 
 Prints, per backend, the first sync (everything inserted) and a repeat (nothing changes):
 total seconds and the share spent in the database. PostgreSQL: CLARITY_TEST_POSTGRES_URL,
-or a throwaway cluster (tests/handlers/pg.py). Target: < 2 s on PostgreSQL.
+or a throwaway cluster (tests/pg.py). Target: < 2 s on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
             import os
             import uuid
 
-            from tests.handlers.pg import ENV_URL, PostgresCluster, create_database_at
+            from tests.pg import ENV_URL, PostgresCluster, create_database_at
 
             server_url = os.environ.get(ENV_URL)
             if not server_url:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import ENV_URL, PostgresCluster
 from tests.redis_server import REPO, RedisServer
 from worker import hueys
 from worker.settings import reset_settings_cache
@@ -130,3 +131,19 @@ def artifacts():
     path = Path(REPO) / "tests" / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory):
+    url = os.environ.get(ENV_URL)
+    if url:
+        yield url
+        return
+    if os.environ.get("CLARITY_TEST_SKIP_POSTGRES"):
+        pytest.skip("CLARITY_TEST_SKIP_POSTGRES is set")
+    # Not under pytest's tmp dir: its parents are 0700 root, which the postgres user
+    # cannot traverse.
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster.url
+    cluster.stop()

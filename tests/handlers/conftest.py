@@ -2,13 +2,12 @@
 aggregator, a real SMTP server (aiosmtpd) and a private Redis.
 
 PostgreSQL: CLARITY_TEST_POSTGRES_URL if set (a server whose user may CREATE DATABASE),
-otherwise a throwaway cluster started with initdb/pg_ctl (tests/handlers/pg.py). Set
+otherwise a throwaway cluster started with initdb/pg_ctl (tests/pg.py). Set
 CLARITY_TEST_SKIP_POSTGRES=1 to run the SQLite half only.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import socket
@@ -21,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fakes.aggregator_server import CLIENT_ID, CLIENT_SECRET, FakeAggregator
-from tests.handlers.pg import ENV_URL, PostgresCluster, create_database_at
+from tests.pg import create_database_at
 from worker import aggregator as aggregator_module
 from worker import hueys, mailer
 from worker.db import migrate
@@ -36,22 +35,6 @@ SIGNING_SECRET = "handler-test-signing-secret-0123456789"
 
 
 # -- databases ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory):
-    url = os.environ.get(ENV_URL)
-    if url:
-        yield url
-        return
-    if os.environ.get("CLARITY_TEST_SKIP_POSTGRES"):
-        pytest.skip("CLARITY_TEST_SKIP_POSTGRES is set")
-    # Not under pytest's tmp dir: its parents are 0700 root, which the postgres user
-    # cannot traverse.
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster.url
-    cluster.stop()
-
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database(request, tmp_path_factory):

@@ -7,14 +7,7 @@ the `postgres` user via runuser when running as root) on a free port.
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -26,62 +19,11 @@ from worker.db import migrate
 from worker.db.engine import get_engine, reset_engines
 from worker.handler_settings import reset_handler_settings_cache
 
-PG_ENV = "CLARITY_TEST_POSTGRES_URL"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivatePostgres:
-    def __init__(self):
-        self.base = Path(tempfile.mkdtemp(prefix="clarity-mig-pg-"))
-        self.data = self.base / "data"
-        self.port = _free_port()
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-    def _run(self, *args, check=True):
-        return subprocess.run([*self.as_user, *map(str, args)], check=check,
-                              capture_output=True, text=True, timeout=120)
-
-    def start(self):
-        if self.as_user:
-            info = pwd.getpwnam("postgres")
-            os.chown(self.base, info.pw_uid, info.pw_gid)
-            os.chmod(self.base, 0o755)
-        self._run(PG_BIN / "initdb", "-D", self.data, "-U", "clarity", "-A", "trust",
-                  "-E", "UTF8", "--no-locale", "--no-sync")
-        options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c max_connections=100")
-        result = self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l",
-                           self.base / "server.log", "-w", "-t", "60", "start", check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed: {result.stderr}")
-        return self
-
-    @property
-    def admin_url(self) -> str:
-        return f"postgresql+psycopg://clarity@127.0.0.1:{self.port}/postgres"
-
-    def stop(self):
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop",
-                  check=False)
-        shutil.rmtree(self.base, ignore_errors=True)
-
 
 @pytest.fixture(scope="session")
-def postgres_admin_url():
-    if os.environ.get(PG_ENV):
-        yield os.environ[PG_ENV]
-        return
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL 15 is not installed and {PG_ENV} is not set")
-    cluster = PrivatePostgres().start()
-    yield cluster.admin_url
-    cluster.stop()
+def postgres_admin_url(postgres_server_url):
+    """The session's PostgreSQL server (tests/conftest.py): one cluster for the whole run."""
+    return postgres_server_url
 
 
 _templates: dict[str, str] = {}
