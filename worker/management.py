@@ -94,13 +94,27 @@ class QueueManager:
 
     def counts_all(self) -> dict[str, dict]:
         """Counts for every queue in one round trip."""
+        return self.snapshot(workers=False)[0]
+
+    def snapshot(self, workers: bool = True, info_sections: tuple[str, ...] = ()):
+        """(counts per queue, workers, INFO) in one round trip: what an overview shows."""
         pipe = self.redis.pipeline(transaction=False)
         for queue in QUEUE_NAMES:
             self._queue_commands(pipe, queue)
+        if workers:
+            for queue in QUEUE_NAMES:
+                pipe.hgetall(self.keys(queue).workers)
+        if info_sections:
+            pipe.info(*info_sections)
         values = pipe.execute()
-        width = len(values) // len(QUEUE_NAMES)
-        return {q: self._queue_counts(values[i * width:(i + 1) * width])
-                for i, q in enumerate(QUEUE_NAMES)}
+        width = (len(values) - (len(QUEUE_NAMES) if workers else 0)
+                 - (1 if info_sections else 0)) // len(QUEUE_NAMES)
+        counts = {q: self._queue_counts(values[i * width:(i + 1) * width])
+                  for i, q in enumerate(QUEUE_NAMES)}
+        rest = values[width * len(QUEUE_NAMES):]
+        seen = self._parse_workers(rest[:len(QUEUE_NAMES)]) if workers else []
+        info = rest[-1] if info_sections else None
+        return counts, seen, info
 
     # -- pause / resume / clear ----------------------------------------------------------
 
@@ -132,41 +146,47 @@ class QueueManager:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _describe(self, queue: str, job_id: str, fields: dict, score=None) -> dict:
-        f = {_text(k): _text(v) for k, v in fields.items() if k != b"msg"}
-        body = peek_job(fields.get(b"msg", b""))
+    # The job hash fields a description reads, in HMGET order.
+    FIELDS = ("task", "state", "prio", "enq", "deliveries", "eta", "consumer", "leased_at",
+              "reason", "error_type", "error", "traceback", "attempts", "first_failed",
+              "last_failed", "msg")
+
+    def _describe(self, queue: str, job_id: str, values: list, score=None) -> dict:
+        """A job for people: `values` are the job hash's FIELDS (HMGET), or None."""
+        (task, state, prio, enq, deliveries, eta, consumer, leased_at, reason, error_type,
+         error, tb, attempts, first_failed, last_failed, msg) = values
+        body = peek_job(msg or b"")
         payload = (body.get("args") or [None])[0]
         summary = json.dumps(payload, separators=(",", ":")) if payload is not None else ""
+        state = _text(state)
         job = {
-            "id": job_id, "queue": queue, "task": f.get("task") or body.get("task"),
-            "state": f.get("state"), "priority": _int(f.get("prio"), Priority.NORMAL),
+            "id": job_id, "queue": queue, "task": _text(task) or body.get("task"),
+            "state": state, "priority": _int(prio, Priority.NORMAL),
             "payloadSummary": summary[:SUMMARY_CHARS] + ("…" if len(summary) > SUMMARY_CHARS
                                                          else ""),
-            "enqueuedAt": _iso_ms(f.get("enq")), "deliveries": _int(f.get("deliveries")),
+            "enqueuedAt": _iso_ms(enq), "deliveries": _int(deliveries),
             "retriesLeft": body.get("retries"),
         }
-        if f.get("state") == "delayed":
-            job["runAt"] = _iso_ms(f.get("eta"))
-        if f.get("state") == "active":
-            job["consumer"] = f.get("consumer")
-            job["startedAt"] = _iso_ms(f.get("leased_at"))
+        if state == "delayed":
+            job["runAt"] = _iso_ms(eta)
+        elif state == "active":
+            job["consumer"] = _text(consumer)
+            job["startedAt"] = _iso_ms(leased_at)
             job["leaseDeadline"] = _iso_ms(score) if score is not None else None
-        if f.get("state") == "failed":
+        elif state == "failed":
             job.update({
-                "reason": f.get("reason"), "errorType": f.get("error_type"),
-                "error": f.get("error"), "traceback": f.get("traceback"),
-                "attempts": _int(f.get("attempts")),
-                "firstFailedAt": _iso_ms(f.get("first_failed")),
-                "lastFailedAt": _iso_ms(f.get("last_failed")),
+                "reason": _text(reason), "errorType": _text(error_type),
+                "error": _text(error), "traceback": _text(tb), "attempts": _int(attempts),
+                "firstFailedAt": _iso_ms(first_failed), "lastFailedAt": _iso_ms(last_failed),
             })
-        return job
+        return job, payload
 
     def get_job(self, queue: str, job_id: str) -> dict | None:
-        fields = self.redis.hgetall(self.keys(queue).job(job_id))
-        if not fields:
+        values = self.redis.hmget(self.keys(queue).job(job_id), self.FIELDS)
+        if values[1] is None:  # no state: no such job
             return None
-        job = self._describe(queue, job_id, fields)
-        job["payload"] = (peek_job(fields.get(b"msg", b"")).get("args") or [None])[0]
+        job, payload = self._describe(queue, job_id, values)
+        job["payload"] = payload
         return job
 
     def find_job(self, job_id: str) -> dict | None:
@@ -198,11 +218,11 @@ class QueueManager:
         total, page = pipe.execute()
         pipe = self.redis.pipeline(transaction=False)
         for job_id, _ in page:
-            pipe.hgetall(k.job(_text(job_id)))
+            pipe.hmget(k.job(_text(job_id)), self.FIELDS)
         jobs = []
-        for (job_id, score), fields in zip(page, pipe.execute(), strict=True):
-            if fields:
-                job = self._describe(queue, _text(job_id), fields, score)
+        for (job_id, score), values in zip(page, pipe.execute(), strict=True):
+            if values[1] is not None:
+                job, _ = self._describe(queue, _text(job_id), values, score)
                 if state == "waiting":
                     job["priority"] = score_priority(score)
                 jobs.append(job)
@@ -240,9 +260,13 @@ class QueueManager:
         pipe = self.redis.pipeline(transaction=False)
         for queue in QUEUE_NAMES:
             pipe.hgetall(self.keys(queue).workers)
+        return self._parse_workers(pipe.execute())
+
+    @staticmethod
+    def _parse_workers(per_queue) -> list[dict]:
         now = time.time()
         out = []
-        for queue, entries in zip(QUEUE_NAMES, pipe.execute(), strict=True):
+        for queue, entries in zip(QUEUE_NAMES, per_queue, strict=True):
             for name, raw in entries.items():
                 try:
                     info = json.loads(raw)
