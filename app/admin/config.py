@@ -12,16 +12,14 @@ ADMIN_API_KEY (the core setting, one key) is also accepted, as the admin key nam
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from limits import parse_many
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
 
-from worker.settings import SettingsError
+from worker.settings import ClarityBaseSettings, SettingsError, load
 
 KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MIN_KEY_CHARS = 16
@@ -69,14 +67,7 @@ def _rate(value: str, variable: str) -> str:
     return value
 
 
-class AdminSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=os.environ.get("CLARITY_ENV_FILE", ".env"),
-        env_file_encoding="utf-8",
-        extra="ignore",
-        case_sensitive=False,
-        hide_input_in_errors=True,
-    )
+class AdminSettings(ClarityBaseSettings):
 
     admin_api_keys: SecretStr = SecretStr("")
     readonly_api_keys: SecretStr = SecretStr("")
@@ -147,23 +138,8 @@ class AdminSettings(BaseSettings):
         return keys
 
 
-def describe_errors(exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = error.get("loc") or ("settings",)
-        name = str(loc[0]).upper()
-        message = error.get("msg", "invalid value")
-        if error.get("type") == "missing":
-            message = "is required but not set"
-        lines.append(f"  {name}: {message}")
-    return "invalid admin configuration:\n" + "\n".join(lines)
-
-
 def load_admin_settings(**overrides) -> AdminSettings:
-    try:
-        return AdminSettings(**overrides)
-    except ValidationError as exc:
-        raise AdminConfigError(describe_errors(exc)) from None
+    return load(AdminSettings, "admin configuration", AdminConfigError, **overrides)
 
 
 @lru_cache(maxsize=1)
