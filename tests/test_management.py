@@ -57,3 +57,14 @@ def test_pause_stops_new_jobs_and_resume_restarts(env, workers):
     assert manager.counts("sync")["paused"]
     manager.resume("sync")
     wait_for(lambda: len(recorded("done")) == 5, message="jobs after resume")
+
+
+def test_workers_are_listed_while_running_and_leave_on_a_clean_stop(env, workers):
+    manager = QueueManager()
+    worker = workers(queues=("sync", "email"), lease_seconds=1)
+    seen = wait_for(lambda: (alive := [w for w in manager.workers() if w["alive"]])
+                    and {w["queue"] for w in alive} == {"sync", "email"} and alive,
+                    timeout=15, message="heartbeats of both queues")
+    assert all(w["concurrency"] == 4 for w in seen)
+    worker.stop()
+    assert manager.workers() == []

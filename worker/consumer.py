@@ -16,6 +16,7 @@ queue at a time, by a Redis lock) and fires periodic tasks once per tick across 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -278,7 +279,10 @@ class LeaseKeeper:
     def __init__(self, huey: ClarityHuey, state: RuntimeState):
         self.huey = huey
         self.state = state
-        self.interval = max(0.2, huey.settings.lease_seconds / 3)
+        # Renew well before a lease expires, and beat often enough that the admin's 30 s
+        # "alive" window holds whatever the lease length.
+        self.interval = min(5.0, max(0.2, huey.settings.lease_seconds / 3))
+        self._next_prune = 0.0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"LeaseKeeper-{huey.queue}",
                                        daemon=True)
@@ -296,8 +300,21 @@ class LeaseKeeper:
     @classmethod
     def stop_all(cls):
         with cls._lock:
-            for keeper in cls._instances.values():
-                keeper.stopped.set()
+            keepers = list(cls._instances.values())
+        for keeper in keepers:
+            keeper.stopped.set()
+            keeper.sign_off()
+
+    @property
+    def member(self) -> str:
+        return f"{self.state.name}:{os.getpid()}"
+
+    def sign_off(self):
+        """Leave the worker list on a clean stop (a dead worker ages out instead)."""
+        try:
+            self.huey.storage.conn.hdel(self.huey.storage.keys.workers, self.member)
+        except RedisError:
+            pass
 
     def run(self):
         storage = self.huey.storage
@@ -313,8 +330,6 @@ class LeaseKeeper:
                 log.warning("lease keeper on %s: %s", self.huey.queue, exc)
 
     def heartbeat(self):
-        import json
-
         state = self.state
         with state.lock:
             doc = {"heartbeat": time.time(), "pid": os.getpid(), "host": os.uname().nodename,
@@ -322,10 +337,24 @@ class LeaseKeeper:
                    "processed": state.processed, "failed": state.failed,
                    "started": state.started_at, "version": __version__}
         storage = self.huey.storage
-        member = f"{state.name}:{os.getpid()}"
-        pipe = storage.conn.pipeline(transaction=False)
-        pipe.hset(storage.keys.workers, member, json.dumps(doc))
-        pipe.execute()
+        storage.conn.hset(storage.keys.workers, self.member, json.dumps(doc))
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 300
+            self.prune_dead_workers()
+
+    def prune_dead_workers(self, older_than: float = 3600):
+        """Forget heartbeats of workers gone for an hour (killed, or their host is gone)."""
+        conn, key = self.huey.storage.conn, self.huey.storage.keys.workers
+        cutoff = time.time() - older_than
+        stale = []
+        for member, raw in conn.hgetall(key).items():
+            try:
+                if json.loads(raw).get("heartbeat", 0) < cutoff:
+                    stale.append(member)
+            except ValueError:
+                stale.append(member)
+        if stale:
+            conn.hdel(key, *stale)
 
 
 class QueueConsumer(Consumer):
