@@ -13,7 +13,7 @@ import testinfra
 
 _HTTP = r"""
 import http.client, json, socket, ssl, sys
-method, url, headers, sock_path, count = json.loads(sys.argv[1])
+method, url, headers, sock_path, count, body = json.loads(sys.argv[1])
 scheme, _, rest = url.partition("://")
 hostport, _, path = rest.partition("/")
 statuses = []
@@ -28,7 +28,7 @@ for _ in range(count):
                                            context=ssl._create_unverified_context())
     else:
         conn = http.client.HTTPConnection(hostport, timeout=10)
-    conn.request(method, "/" + path, headers=headers)
+    conn.request(method, "/" + path, body=body, headers=headers)
     resp = conn.getresponse()
     body = resp.read().decode(errors="replace")
     statuses.append([resp.status, dict(resp.getheaders()), body])
@@ -42,9 +42,9 @@ def podman_host(name: str):
     return testinfra.get_host(f"podman://{name}")
 
 
-def http(host, url, headers=None, unix_socket=None, method="GET", count=1):
+def http(host, url, headers=None, unix_socket=None, method="GET", count=1, body=None):
     """Requests made from inside `host`: a list of (status, headers, body), one per request."""
-    args = json.dumps([method, url, headers or {}, unix_socket, count])
+    args = json.dumps([method, url, headers or {}, unix_socket, count, body])
     result = host.run(f"python3 -c {shlex.quote(_HTTP)} {shlex.quote(args)}")
     assert result.rc == 0, result.stderr
     return [tuple(r) for r in json.loads(result.stdout)]

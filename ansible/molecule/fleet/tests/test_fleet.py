@@ -1,6 +1,7 @@
 """site.yml's fleet: jobs cross hosts, Redis is shared and closed, monitoring sees everyone."""
 
 import json
+import shlex
 import time
 
 import pytest
@@ -58,15 +59,14 @@ def test_job_enqueued_on_the_admin_host_runs_on_the_worker_host(admin1, queue, w
 
 def test_job_enqueued_through_nginx_runs(admin1):
     body = json.dumps({"queue": "sync", "task": "ping", "payload": {"echo": "nginx"}})
-    script = (
-        "import http.client, json, ssl, sys;"
-        "c = http.client.HTTPSConnection('127.0.0.1', context=ssl._create_unverified_context());"
-        f"c.request('POST', '/api/jobs', body={body!r}, headers={{'Authorization': 'Bearer {KEY}', "
-        "'Content-Type': 'application/json'}); r = c.getresponse(); print(r.status, r.read().decode())"
+    status, _, payload = http_once(
+        admin1,
+        "https://127.0.0.1/api/jobs",
+        method="POST",
+        body=body,
+        headers={**AUTH, "Content-Type": "application/json"},
     )
-    result = admin1.run(f'python3 -c "{script}"')
-    status, _, payload = result.stdout.partition(" ")
-    assert status == "201", result.stdout + result.stderr
+    assert status == 201, payload
     job_id = json.loads(payload)["id"]
     deadline = time.monotonic() + 60
     while True:
@@ -83,13 +83,17 @@ def test_job_enqueued_through_nginx_runs(admin1):
 
 def test_redis_is_shared_on_the_private_network_and_refuses_strangers(redis1, worker1):
     target = address(redis1)
-    assert (
-        "NOAUTH"
-        in worker1.run(
-            f"/opt/clarity/venv/bin/python -c \"import redis; r = redis.Redis('{target}');"
-            ' print(r.ping())" 2>&1'
-        ).stdout
+    probe = (
+        "import redis\n"
+        f"r = redis.Redis({target!r}, socket_timeout=5)\n"
+        "try:\n    r.set('stranger', '1')\n"
+        "except redis.exceptions.AuthenticationError:\n    print('refused')\n"
+        "except redis.exceptions.ResponseError as exc:\n"
+        "    print('refused' if 'NOAUTH' in str(exc) else f'error {exc}')\n"
+        "else:\n    print('accepted')\n"
     )
+    result = worker1.run(f"/opt/clarity/venv/bin/python -c {shlex.quote(probe)}")
+    assert result.stdout.strip() == "refused", result.stdout + result.stderr
 
 
 def test_admin_health_through_nginx_needs_the_key(admin1):
