@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Lint the deployment (yamllint, ansible-lint production profile, systemd-analyze verify) and
-# run every Molecule scenario on podman containers that boot real systemd.
+# Lint the deployment (yamllint, ansible-lint production profile) and run every Molecule
+# scenario on podman containers that boot real systemd (their verifiers also run
+# systemd-analyze verify/security on the installed units).
 #
 # Usage: .ci/molecule.sh [SCENARIO ...]      (default: every role's `default`, then `fleet`)
 #   MOLECULE_SKIP_LINT=1   skip the lint step
 #   CLARITY_WHEELHOUSE     reuse wheels already built into this directory (built once here otherwise)
 #   CLARITY_MOLECULE_CACHE where the debootstrapped rootfs is cached (/var/cache/clarity-molecule)
+#   MOLECULE_JOBS          role scenarios run at once (2)
+#   MOLECULE_LOG_DIR       one log per scenario/step ($CLARITY_MOLECULE_CACHE/logs)
 #
 # Needs root (debootstrap, podman). Installs what it needs: Debian packages podman,
-# debootstrap, runc, systemd; the Python tools from ansible/requirements-ci.txt into the venv.
+# debootstrap, runc, systemd, python3-pip; the Python tools from ansible/requirements-ci.txt
+# into the venv ($VENV, default .venv at the repository root).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +41,8 @@ timed() {  # timed LABEL CMD...: run CMD, record its wall time
 
 install_host_tools() {
     local missing=()
-    for pkg in podman debootstrap runc systemd; do
+    # python3-pip: wheels are built with Debian's python3, the hosts' exact Python.
+    for pkg in podman debootstrap runc systemd python3-pip; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
