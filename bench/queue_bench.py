@@ -162,7 +162,14 @@ def measure_latency(system, env, client, rate, seconds):
     client.delete("bench:latency")
     proc = system.start(env)
     try:
-        time.sleep(2.0)  # let workers come up
+        # Warm up: both systems' workers must be up and past their first jobs before timing.
+        for _ in range(20):
+            system.latency_one()
+        deadline = time.monotonic() + 60
+        while client.llen("bench:latency") < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        client.delete("bench:latency")
         interval, count = 1.0 / rate, int(rate * seconds)
         next_at = time.perf_counter()
         for _ in range(count):
