@@ -180,7 +180,7 @@ export CLARITY_ANSIBLE_DIR="$ROOT/ansible"
 export ANSIBLE_VAULT_PASSWORD_FILE="$ROOT/ansible/inventories/molecule/vault-password"
 LOGS="${MOLECULE_LOG_DIR:-$CACHE/logs}"
 mkdir -p "$LOGS"
-rm -f "$LOGS"/*.log
+rm -f "$LOGS"/*.log "$LOGS"/*.result
 
 scenarios=("$@")
 ((${#scenarios[@]})) || scenarios=("${ROLE_SCENARIOS[@]}" fleet)
