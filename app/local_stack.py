@@ -208,6 +208,7 @@ class Stack:
             "--maxmemory", "256mb", "--logfile", ""], logs / "redis.log", env).start()
         self.children.append(self.redis)
         self.wait_for_redis()
+        self.upgrade_database(env, logs / "db-upgrade.log")
         for i, queue in enumerate(QUEUE_NAMES):
             port = self.health_port_base + i
             worker = Child(f"worker {queue}", [
@@ -223,6 +224,17 @@ class Stack:
                                logs / "admin.log", env).start()
             self.children.append(self.admin)
         self.wait_for_workers()
+
+    def upgrade_database(self, env: dict[str, str], log_path: Path) -> None:
+        """The handlers' database (SQLite in the state directory unless DATABASE_URL says
+        otherwise) at the latest migration, before any worker needs it."""
+        with open(log_path, "wb") as log:
+            result = subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, check=False,
+                                    timeout=300)
+        if result.returncode != 0:
+            raise StackError(f"`clarity db upgrade` failed; see {log_path}:\n"
+                                       f"{_tail(log_path)}")
 
     def redis_client(self):
         import redis

@@ -68,6 +68,12 @@ class WorkerProcess:
         self.args = [sys.executable, "-m", "app", "worker", "--log-format", "text"]
         for q in queues:
             self.args += ["--queue", q]
+        # Periodic tasks stay off unless a test asks: the real ones (stale-sync scan, cleanup)
+        # would land in the queue under test whenever a run crosses their minute.
+        if "--periodic" in extra_args:
+            extra_args = [a for a in extra_args if a != "--periodic"]
+        else:
+            extra_args = ["--no-periodic", *extra_args]
         self.args += ["--concurrency", str(concurrency), *extra_args]
         self.log = log
         self.proc = None
