@@ -112,7 +112,14 @@ def upsert(conn: Connection, table: sa.Table, rows: Sequence[dict], key: Iterabl
     compare = [c for c in (compare if compare is not None else columns) if c not in key]
     if conn.dialect.name == "postgresql" and len(rows) >= COPY_THRESHOLD:
         return _upsert_by_copy(conn, table, rows, key, compare, touch)
-    stmt = dialect_insert(conn, table)
+    stmt = _on_conflict(dialect_insert(conn, table), table, key, compare, touch)
+    params = [dict(row, **touch) for row in rows] if touch else list(rows)
+    return len(conn.execute(stmt, params).all())
+
+
+def _on_conflict(stmt, table: sa.Table, key: list[str], compare: list[str], touch: dict):
+    """On a key conflict, update only where a compared column differs (so an unchanged row
+    is not written, and `touch` columns keep their value); return the written rows' ids."""
     if compare:
         differs = sa.or_(*[table.c[c].is_distinct_from(stmt.excluded[c]) for c in compare])
         stmt = stmt.on_conflict_do_update(
@@ -120,9 +127,7 @@ def upsert(conn: Connection, table: sa.Table, rows: Sequence[dict], key: Iterabl
             where=differs)
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=key)
-    stmt = stmt.returning(next(iter(table.primary_key.columns)))
-    params = [dict(row, **touch) for row in rows] if touch else list(rows)
-    return len(conn.execute(stmt, params).all())
+    return stmt.returning(next(iter(table.primary_key.columns)))
 
 
 def _upsert_by_copy(conn: Connection, table: sa.Table, rows: Sequence[dict], key: list[str],
@@ -152,15 +157,8 @@ def _upsert_by_copy(conn: Connection, table: sa.Table, rows: Sequence[dict], key
     finally:
         cursor.close()
     source = sa.table(staging, *[sa.column(c) for c in columns])
-    stmt = postgresql.insert(table).from_select(columns, sa.select(*source.c))
-    if compare:
-        differs = sa.or_(*[table.c[c].is_distinct_from(stmt.excluded[c]) for c in compare])
-        stmt = stmt.on_conflict_do_update(
-            index_elements=key, set_={c: stmt.excluded[c] for c in [*compare, *touch]},
-            where=differs)
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=key)
-    stmt = stmt.returning(next(iter(table.primary_key.columns)))
+    stmt = _on_conflict(postgresql.insert(table).from_select(columns, sa.select(*source.c)),
+                        table, key, compare, touch)
     changed = len(conn.execute(stmt).all())
     conn.exec_driver_sql(f"DROP TABLE {quote(staging)}")
     return changed
