@@ -6,6 +6,8 @@ import random
 import signal
 import time
 
+import pytest
+
 from tests.conftest import wait_for
 from tests.helpers import recorded
 from tests.redis_server import RedisServer
@@ -100,9 +102,11 @@ def test_graceful_stop_lets_running_jobs_finish_and_returns_the_rest_at_once(env
     assert counts["waiting"] + len(recorded("done")) == 30
 
 
-def test_graceful_stop_timeout_returns_a_still_running_job_to_the_queue(env, workers):
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_graceful_stop_timeout_returns_a_still_running_job_to_the_queue(env, workers, mode):
     enqueue("sync", "record", {"n": "slow", "sleep": 30})
-    worker = workers(concurrency=1, lease_seconds=30, shutdown_timeout=1)
+    worker = workers(concurrency=1, lease_seconds=30, shutdown_timeout=1,
+                     extra_args=("--processes",) if mode == "processes" else ())
     wait_for(lambda: recorded("started") == ["slow"], message="slow job running")
     worker.signal(signal.SIGTERM)
     assert worker.wait(10) == 0

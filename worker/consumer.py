@@ -463,10 +463,12 @@ class ClarityRunner:
             for proc in procs:
                 while proc.is_alive() and not self._stop_now and time.monotonic() < deadline:
                     proc.join(0.1)
-        unfinished = [job for job in self.state.active.values()]
-        if unfinished:
+        # Thread workers report their jobs here; forked workers only show as alive processes.
+        still_running = [c for c in self.consumers
+                         if any(p.is_alive() for _, p in c.worker_threads)]
+        if self.state.active or still_running:
             log.warning("shutdown timeout: %d job(s) still running are returned to the queue",
-                        len(unfinished))
+                        len(self.state.active) or len(still_running))
             for c in self.consumers:
                 c._interrupt_workers()
                 self._requeue_running(c)
