@@ -488,6 +488,3 @@ class ClarityRunner:
             storage.settle([Settlement("requeue", lease) for lease in held])
         except RedisError:
             log.warning("could not requeue running jobs; they return when their lease expires")
-
-    def request_stop(self):
-        self._signal = signal.SIGTERM

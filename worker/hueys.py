@@ -14,7 +14,7 @@ from huey.registry import Registry
 
 import redis
 from worker.messages import BadMessage, BadSignature, SignedJSONSerializer, peek_job
-from worker.queues import QUEUE_NAMES, Priority, check_queue
+from worker.queues import Priority, check_queue
 from worker.registry import TaskSpec, load_task_modules, specs_for
 from worker.settings import Settings, get_settings
 from worker.storage import PAUSED, Lease, ReliableRedisStorage, Settlement
@@ -58,13 +58,6 @@ class ClarityHuey(Huey):
             self.task(**options)(spec.func)
 
     # -- producing -----------------------------------------------------------------------
-
-    def make_task(self, name: str, payload: dict, priority: int | None = None,
-                  eta: dt.datetime | None = None, job_id: str | None = None) -> Task:
-        spec = self.specs[name]
-        task_class = self._registry.string_to_task(name)
-        return task_class(args=(payload,), id=job_id, eta=eta,
-                          priority=int(priority if priority is not None else spec.priority))
 
     def enqueue_tasks(self, tasks: list[Task], idempotency_keys=None) -> list[tuple[bool, str]]:
         idempotency_keys = idempotency_keys or [None] * len(tasks)
@@ -212,10 +205,6 @@ def get_huey(queue: str, settings: Settings | None = None,
         with _lock:
             huey = _hueys.setdefault(key, huey)
     return huey
-
-
-def all_hueys(settings: Settings | None = None) -> dict[str, ClarityHuey]:
-    return {q: get_huey(q, settings) for q in QUEUE_NAMES}
 
 
 def reset_caches() -> None:

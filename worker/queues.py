@@ -117,10 +117,6 @@ class QueueKeys:
         return self._key("counters")
 
     @cached_property
-    def stats(self) -> str:
-        return self._key("stats")
-
-    @cached_property
     def reaper_lock(self) -> str:
         return self._key("lock:reaper")
 

@@ -344,7 +344,3 @@ def _text(value) -> str:
 
 def score_priority(score: float) -> int:
     return 10 - int(score // PRIORITY_BAND)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
