@@ -4,7 +4,8 @@
 #                    `clarity up`: Redis, a worker per queue and the admin app until Ctrl-C
 #   make up UP_ARGS="--redis-port 6391 --admin-port 8081"
 #   make doctor      `clarity doctor` against the local stack
-#   make test        the whole test suite: ruff, pytest, deployment lint and Molecule
+#   make test        the whole test suite: ruff, pytest, deployment lint and Molecule; every
+#                    part runs even when an earlier one fails, and a summary ends the output
 #   make test-python pytest only (PYTEST_ARGS="-x tests/test_delivery.py")
 #   make test-deploy yamllint, ansible-lint, systemd-analyze and every Molecule scenario
 #
@@ -34,7 +35,8 @@ up: system-deps $(VENV)/.installed
 doctor: $(VENV)/.installed
 	CLARITY_ENV_FILE=$(STATE_DIR)/dev-secrets.env $(VENV)/bin/clarity doctor
 
-test: test-deps $(VENV)/.installed-dev lint test-python test-deploy
+test: test-deps system-deps $(VENV)/.installed-dev
+	PYTEST_ARGS="$(PYTEST_ARGS)" bash .ci/test-all.sh
 
 test-python: system-deps $(VENV)/.installed-dev
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

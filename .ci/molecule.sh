@@ -4,6 +4,7 @@
 # systemd-analyze verify/security on the installed units).
 #
 # Usage: .ci/molecule.sh [SCENARIO ...]      (default: every role's `default`, then `fleet`)
+#        .ci/molecule.sh --lint-only         yamllint and ansible-lint only
 #   MOLECULE_SKIP_LINT=1   skip the lint step
 #   CLARITY_WHEELHOUSE     reuse wheels already built into this directory (built once here otherwise)
 #   CLARITY_MOLECULE_CACHE where the debootstrapped rootfs is cached (/var/cache/clarity-molecule)
@@ -168,6 +169,13 @@ fleet() {
     return "$rc"
 }
 
+if [[ "${1:-}" == "--lint-only" ]]; then
+    export PATH="$VENV/bin:$PATH"
+    install_host_tools
+    lint
+    exit
+fi
+
 if [[ "${1:-}" == "--image-only" ]]; then
     podman_conf
     build_image
@@ -188,13 +196,13 @@ scenarios=("$@")
 install_host_tools
 podman_conf
 timed "base image" build_image
+failed=()
 if [[ -z "${MOLECULE_SKIP_LINT:-}" ]]; then
-    timed "lint" lint
+    timed "lint" lint || failed+=(lint)  # reported at the end; the scenarios still run
 fi
 timed "wheelhouse" build_wheelhouse
 
 # Role scenarios two at a time (containers are named per scenario); the fleet alone.
-failed=()
 pids=()
 names=()
 jobs_max="${MOLECULE_JOBS:-2}"
@@ -228,7 +236,7 @@ echo "=== Molecule timings (logs in $LOGS)"
 printf '  %s\n' "${timings[@]}"
 printf '  %-28s %4ss\n' "total" "$(( $(date +%s) - start_all ))"
 if ((${#failed[@]})); then
-    echo "FAILED scenarios: ${failed[*]}" >&2
+    echo "FAILED: ${failed[*]}" >&2
     exit 1
 fi
 echo "all Molecule scenarios passed: ${scenarios[*]}"

@@ -20,11 +20,71 @@ from worker.settings import reset_settings_cache
 SECRET = "test-signing-secret-0123456789abcdef"
 
 
+# Every process the suite starts inherits this marker in its environment (subprocesses copy
+# os.environ), so the session's end can find any that outlived its test, wherever it was
+# started and whoever its parent is now.
+RUN_MARKER = "CLARITY_TEST_RUN"
+os.environ[RUN_MARKER] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def leftover_processes() -> list[tuple[int, str]]:
+    """(pid, command line) of live processes carrying this run's marker, except us."""
+    marker = f"{RUN_MARKER}={os.environ[RUN_MARKER]}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if state != "Z":  # a zombie is already dead; its parent reaps it
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a process the suite started is still alive after every teardown."""
+    deadline = time.monotonic() + 10
+    while (left := leftover_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)  # a process stopped at teardown may still be exiting
+    if not left:
+        return
+    lines = "\n".join(f"  pid {pid}: {cmd[:200]}" for pid, cmd in left)
+    sys.stderr.write(f"\nERROR: {len(left)} process(es) started by the tests outlived them "
+                     f"(now killed):\n{lines}\n")
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path):
+    """redis_factory(name, extra=(), start=True): a private redis-server for one test (to
+    kill, restart or misconfigure); stopped at teardown even when the test fails."""
+    servers = []
+
+    def make(name="redis", extra=(), start=True):
+        server = RedisServer(tmp_path / name, extra=tuple(extra))
+        servers.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in servers:
+        server.stop()
 
 
 def clarity_env(server: RedisServer, prefix: str, **extra) -> dict[str, str]:

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.redis_server import real_clock_env
+
 ENV_URL = "CLARITY_TEST_POSTGRES_URL"
 
 
@@ -58,7 +60,8 @@ class PostgresCluster:
         cmd = [str(a) for a in args]
         if self.user:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
-        return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout,
+                              env=real_clock_env())
 
     def start(self) -> PostgresCluster:
         self.base.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -14,6 +15,22 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "redis" / "redis.conf"
 PASSWORD = "test-redis-password-1f2e"
+
+
+def real_clock_env(env: dict | None = None) -> dict[str, str]:
+    """`env` (default: ours) without libfaketime. When the suite runs under `faketime` to
+    prove it does not depend on the date, servers that cannot run under it keep the real
+    clock (redis-server's allocator recurses into faketime's clock_gettime and it never
+    starts); our own Python processes keep the moved clock."""
+    env = dict(os.environ if env is None else env)
+    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "faketime" not in p]
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
+    else:
+        env.pop("LD_PRELOAD", None)
+    for name in [n for n in env if n.startswith("FAKETIME")]:
+        del env[name]
+    return env
 
 
 def free_port() -> int:
@@ -40,16 +57,18 @@ class RedisServer:
             ["redis-server", str(CONF), "--port", str(self.port), "--dir", str(self.dir),
              "--requirepass", self.password, "--daemonize", "no", "--save", "",
              "--maxmemory", "1gb", *self.extra],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=real_clock_env())
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if self.client().ping():
                     # Loading the AOF after a restart answers LOADING until done.
                     return self
             except (redis.ConnectionError, redis.BusyLoadingError):
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        self.kill()  # never leave a half-started server behind
+        raise RuntimeError(f"redis-server did not start on port {self.port}; see "
+                           f"{self.dir / 'redis.log'}")
 
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis(port=self.port, password=self.password, **kwargs)

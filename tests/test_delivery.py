@@ -10,7 +10,6 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.helpers import recorded
-from tests.redis_server import RedisServer
 from worker.management import QueueManager
 from worker.producer import JobRequest, enqueue, enqueue_many
 from worker.queues import Priority
@@ -114,9 +113,9 @@ def test_graceful_stop_timeout_returns_a_still_running_job_to_the_queue(env, wor
     assert counts["active"] == 0 and counts["waiting"] == 1
 
 
-def test_redis_restart_between_enqueue_and_processing_loses_nothing(configure, tmp_path,
+def test_redis_restart_between_enqueue_and_processing_loses_nothing(configure, redis_factory,
                                                                     workers):
-    server = configure(RedisServer(tmp_path / "aof").start())
+    server = configure(redis_factory("aof"))
     for i in range(200):
         enqueue("sync", "record", {"n": i}, priority=random.choice(list(Priority)))
     enqueue("sync", "record", {"n": "later"}, delay=1)
@@ -125,8 +124,8 @@ def test_redis_restart_between_enqueue_and_processing_loses_nothing(configure, t
     wait_for(lambda: len(recorded("done")) == 201, timeout=30, message="all jobs after restart")
 
 
-def test_worker_survives_a_redis_outage_and_resumes(configure, tmp_path, workers):
-    server = configure(RedisServer(tmp_path / "outage").start())
+def test_worker_survives_a_redis_outage_and_resumes(configure, redis_factory, workers):
+    server = configure(redis_factory("outage"))
     workers(server=server, lease_seconds=2)
     enqueue("sync", "record", {"n": "before"})
     wait_for(lambda: recorded("done") == ["before"], message="first job")

@@ -54,10 +54,8 @@ def test_oversize_payload_is_refused(env):
         enqueue("sync", "record", {"blob": "x" * 2000}, max_payload_bytes=1024)
 
 
-def test_redis_down_during_enqueue_raises_never_drops(configure, tmp_path):
-    from tests.redis_server import RedisServer
-
-    server = configure(RedisServer(tmp_path).start())
+def test_redis_down_during_enqueue_raises_never_drops(configure, redis_factory):
+    server = configure(redis_factory())
     enqueue("sync", "record", {"n": 1})
     server.kill()
     with pytest.raises(redis.ConnectionError):

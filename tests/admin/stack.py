@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import jinja2
 
+from tests.redis_server import real_clock_env
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "nginx" / "clarity-admin.conf.j2"
 VENV_BIN = Path(sys.executable).parent
@@ -164,7 +166,8 @@ http {{
         log = open(self.dir / "nginx.out", "ab")  # noqa: SIM115 - owned by the process
         self.nginx = subprocess.Popen(
             [NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g",
-             directives], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+             directives], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=real_clock_env())
 
     def _wait_ready(self, timeout: float = 30):
         deadline = time.monotonic() + timeout

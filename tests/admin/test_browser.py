@@ -11,6 +11,7 @@ import pytest
 from tests.admin.conftest import ADMIN, ADMIN_KEY
 from tests.admin.stack import free_port
 from tests.conftest import WorkerProcess, clarity_env, wait_for
+from tests.redis_server import real_clock_env
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -35,7 +36,8 @@ def browser(tmp_path):
                  "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     options.accept_insecure_certs = True  # the test's self-signed certificate
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    service = Service(executable_path=CHROMEDRIVER, env=real_clock_env())
+    driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()

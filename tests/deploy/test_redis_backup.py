@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.redis_server import free_port, real_clock_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "redis" / "clarity-redis-backup"
@@ -21,15 +22,20 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def filesystem_now(directory: Path) -> float:
+    """The clock the script and its `find` judge file ages by: the kernel's, read through a
+    fresh file's mtime (under `faketime` this process's own clock is moved; theirs is not)."""
+    probe = directory / ".now"
+    probe.write_bytes(b"")
+    try:
+        return probe.stat().st_mtime
+    finally:
+        probe.unlink()
 
 
 @pytest.fixture
 def redis_port(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             "redis-server",
@@ -47,6 +53,7 @@ def redis_port(tmp_path):
             str(tmp_path),
         ],
         stdout=subprocess.DEVNULL,
+        env=real_clock_env(),
     )
     deadline = time.monotonic() + 10
     while (
@@ -55,6 +62,7 @@ def redis_port(tmp_path):
             check=False,
             capture_output=True,
             text=True,
+            env=real_clock_env(),
         ).stdout.strip()
         != "PONG"
     ):
@@ -74,6 +82,7 @@ def redis_port(tmp_path):
         ],
         check=True,
         capture_output=True,
+        env=real_clock_env(),
     )
     yield port
     proc.terminate()
@@ -82,7 +91,7 @@ def redis_port(tmp_path):
 
 def _run_backup(port: int, backups: Path, textfiles: Path, **extra: str):
     env = {
-        **os.environ,
+        **real_clock_env(),
         "REDIS_PORT": str(port),
         "REDISCLI_AUTH": PASSWORD,
         "BACKUP_DIR": str(backups),
@@ -103,7 +112,8 @@ def test_backup_writes_a_dated_rdb_that_redis_check_rdb_accepts(redis_port, tmp_
     assert len(dumps) == 1
     assert (
         subprocess.run(
-            ["redis-check-rdb", str(dumps[0])], check=False, capture_output=True
+            ["redis-check-rdb", str(dumps[0])], check=False, capture_output=True,
+            env=real_clock_env(),
         ).returncode
         == 0
     )
@@ -116,9 +126,10 @@ def test_backup_prunes_files_older_than_retention_and_keeps_recent_ones(redis_po
     backups.mkdir()
     textfiles.mkdir()
     old, recent = backups / "dump-20000101T000000Z.rdb", backups / "dump-20000102T000000Z.rdb"
+    now = filesystem_now(backups)
     for path, age_days in ((old, 8), (recent, 6)):
         path.write_bytes(b"x")
-        stamp = time.time() - age_days * 86400
+        stamp = now - age_days * 86400
         os.utime(path, (stamp, stamp))
     result = _run_backup(redis_port, backups, textfiles, BACKUP_RETENTION_DAYS="7")
     assert result.returncode == 0, result.stderr
@@ -130,7 +141,7 @@ def test_backup_prunes_files_older_than_retention_and_keeps_recent_ones(redis_po
 def test_backup_exports_last_success_for_the_textfile_collector(redis_port, tmp_path):
     backups, textfiles = tmp_path / "backups", tmp_path / "textfile"
     textfiles.mkdir()
-    before = int(time.time())
+    before = int(filesystem_now(textfiles))
     assert _run_backup(redis_port, backups, textfiles).returncode == 0
     metrics = (textfiles / "clarity_redis_backup.prom").read_text()
     values = dict(

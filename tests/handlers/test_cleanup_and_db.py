@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import time
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -31,8 +30,10 @@ def test_cleanup_removes_exactly_what_is_past_retention(db, handler_env, tmp_pat
     old_file, new_file = temp / "old.csv", temp / "sub" / "new.csv"
     old_file.write_text("x")
     new_file.write_text("y")
-    old = time.time() - 8 * 86400
-    os.utime(old_file, (old, old))
+    # File ages come from NOW, the same clock cleanup_once is given: never the wall clock.
+    for path, age_days in ((old_file, 8), (new_file, 1)):
+        stamp = (NOW - dt.timedelta(days=age_days)).timestamp()
+        os.utime(path, (stamp, stamp))
     handler_env(temp_dir=temp, temp_max_age_days=7, sync_log_retention_days=90,
                 email_log_retention_days=90, webhook_retention_days=30, legacy_retention_days=7,
                 cleanup_batch_size=2)

@@ -15,7 +15,6 @@ from app.migration.poller import LegacyPoller
 from app.queue_service import QueueService
 from tests.migration.conftest import wait_until
 from tests.migration.jobs import executions
-from tests.redis_server import RedisServer
 from worker.db.engine import get_engine
 from worker.management import QueueManager
 from worker.settings import get_settings
@@ -24,10 +23,8 @@ TASKS = "tests.jobs,tests.migration.jobs"
 
 
 @pytest.fixture
-def killable_redis(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
+def killable_redis(redis_factory):
+    return redis_factory()
 
 
 def test_redis_killed_mid_burst_of_2000_enqueues_every_job_runs_exactly_once(
@@ -110,20 +107,17 @@ def test_without_fallback_the_caller_gets_a_clear_error(database, configure, mig
 
 
 def test_redis_out_of_memory_falls_back_as_certainly_not_queued(
-        database, configure, migration_env, tmp_path):
-    server = RedisServer(tmp_path / "oom", extra=("--maxmemory", "3mb")).start()
-    try:
-        configure(server, task_modules=TASKS, database_url=database)
-        migration_env(enable_queue="true", migration_mode="immediate",
-                      fallback_to_legacy="true", breaker_failure_threshold=1000)
-        service = QueueService()
-        blob = "x" * 30_000
-        routes = Counter(service.enqueue("sync", "ping", {"blob": blob}).route
-                         for _ in range(300))
-        assert routes["queue"] > 0 and routes["fallback"] > 0, routes
-        origins = LegacyStore(get_engine()).counts()["origin"]
-        assert origins == {Origin.FALLBACK: routes["fallback"]}  # OOM: Redis wrote nothing
-        queued = QueueManager().counts("sync")
-        assert queued["waiting"] == routes["queue"], queued
-    finally:
-        server.stop()
+        database, configure, migration_env, redis_factory):
+    server = redis_factory("oom", extra=("--maxmemory", "3mb"))
+    configure(server, task_modules=TASKS, database_url=database)
+    migration_env(enable_queue="true", migration_mode="immediate",
+                  fallback_to_legacy="true", breaker_failure_threshold=1000)
+    service = QueueService()
+    blob = "x" * 30_000
+    routes = Counter(service.enqueue("sync", "ping", {"blob": blob}).route
+                     for _ in range(300))
+    assert routes["queue"] > 0 and routes["fallback"] > 0, routes
+    origins = LegacyStore(get_engine()).counts()["origin"]
+    assert origins == {Origin.FALLBACK: routes["fallback"]}  # OOM: Redis wrote nothing
+    queued = QueueManager().counts("sync")
+    assert queued["waiting"] == routes["queue"], queued

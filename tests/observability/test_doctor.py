@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.conftest import clarity_env, wait_for
-from tests.redis_server import REPO, RedisServer
+from tests.redis_server import REPO
 from worker.management import QueueManager
 from worker.queues import QUEUE_NAMES
 
@@ -44,14 +44,11 @@ def test_doctor_passes_redis_conf_with_live_workers(redis_server, env, prefix, w
         assert checks[name]["status"] == "ok", checks[name]
 
 
-def test_doctor_flags_allkeys_lru_aof_off_exposed_commands_and_missing_workers(tmp_path,
+def test_doctor_flags_allkeys_lru_aof_off_exposed_commands_and_missing_workers(redis_factory,
                                                                                 prefix):
-    server = RedisServer(tmp_path / "lru", extra=(
-        "--maxmemory-policy", "allkeys-lru", "--appendonly", "no")).start()
-    try:
-        code, checks, _ = doctor(server, prefix, "--queue", "sync")
-    finally:
-        server.stop()
+    server = redis_factory("lru", extra=("--maxmemory-policy", "allkeys-lru",
+                                         "--appendonly", "no"))
+    code, checks, _ = doctor(server, prefix, "--queue", "sync")
     assert code == 1
     assert checks["eviction"]["status"] == "fail"
     assert "allkeys-lru" in checks["eviction"]["detail"]
@@ -66,12 +63,12 @@ def test_doctor_flags_a_redis_without_password_or_renames(tmp_path, prefix):
     import shutil
     import subprocess as sp
 
-    from tests.redis_server import free_port
+    from tests.redis_server import free_port, real_clock_env
 
     assert shutil.which("redis-server")
     port = free_port()
     proc = sp.Popen(["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
-                    stdout=sp.DEVNULL)
+                    stdout=sp.DEVNULL, env=real_clock_env())
     try:
         bare = Target({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_DB": "0"})
         wait_for(lambda: sp.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.helpers import recorded
 from tests.observability.helpers import get_json, has, scrape, value
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import free_port
 from worker.management import QueueManager
 from worker.producer import enqueue
 
@@ -101,29 +101,26 @@ def test_status_lists_running_jobs_with_their_running_time(env, workers):
 
 
 def test_health_turns_503_when_redis_stops_and_200_when_it_returns(configure, workers,
-                                                                   tmp_path):
-    server = configure(RedisServer(tmp_path / "redis").start())
-    try:
-        port = free_port()
-        workers(server=server, health_check_port=port)
-        wait_for(lambda: _healthy(port), message="worker healthy")
-        server.stop()
-        _code, doc = wait_for(lambda: (r := get_json(_url(port, "/health")))[0] == 503 and r,
-                             timeout=5, message="503 after Redis stopped")
-        assert doc["status"] == "unhealthy"
-        assert doc["checks"]["redis"]["ok"] is False
-        assert "Redis" in doc["reason"]
-        assert doc["checks"]["consumer"]["ok"] is True
-        metrics = scrape(_url(port, "/metrics"))
-        assert value(metrics, "clarity_redis_up") == 0
-        assert not has(metrics, "clarity_jobs")  # no stale depths while Redis is away
+                                                                   redis_factory):
+    server = configure(redis_factory())
+    port = free_port()
+    workers(server=server, health_check_port=port)
+    wait_for(lambda: _healthy(port), message="worker healthy")
+    server.stop()
+    _code, doc = wait_for(lambda: (r := get_json(_url(port, "/health")))[0] == 503 and r,
+                         timeout=5, message="503 after Redis stopped")
+    assert doc["status"] == "unhealthy"
+    assert doc["checks"]["redis"]["ok"] is False
+    assert "Redis" in doc["reason"]
+    assert doc["checks"]["consumer"]["ok"] is True
+    metrics = scrape(_url(port, "/metrics"))
+    assert value(metrics, "clarity_redis_up") == 0
+    assert not has(metrics, "clarity_jobs")  # no stale depths while Redis is away
 
-        server.start()
-        wait_for(lambda: _healthy(port), timeout=10, message="200 after Redis returned")
-        enqueue("sync", "record", {"n": "after"})
-        wait_for(lambda: recorded("done") == ["after"], message="job after Redis returned")
-    finally:
-        server.stop()
+    server.start()
+    wait_for(lambda: _healthy(port), timeout=10, message="200 after Redis returned")
+    enqueue("sync", "record", {"n": "after"})
+    wait_for(lambda: recorded("done") == ["after"], message="job after Redis returned")
 
 
 def test_health_port_follows_the_queue_unless_set(env):
