@@ -99,9 +99,8 @@ class Doctor:
         return True
 
     def check_auth(self):
-        from redis.exceptions import RedisError
-
         import redis
+        from redis.exceptions import RedisError
 
         kwargs = self.client.connection_pool.connection_kwargs
         if "path" in kwargs:

@@ -29,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.admin.stack import Stack
-from tests.redis_server import RedisServer
+from app.devstack.redis_server import RedisServer
+from app.devstack.web import WebStack
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -139,7 +139,7 @@ class CpuMeter:
     """CPU spent by gunicorn, nginx and Redis during a run: the cost of one request on this
     machine whatever else runs on it (the wall-clock figures depend on a quiet machine)."""
 
-    def __init__(self, stack: Stack, redis_pid: int):
+    def __init__(self, stack: WebStack, redis_pid: int):
         self.groups = {"gunicorn": _tree(stack.gunicorn.pid), "nginx": _tree(stack.nginx.pid),
                        "redis": [redis_pid]}
 
@@ -169,7 +169,7 @@ def wrk(url: str, seconds: int, connections: int, threads: int = 2, pages: str =
 
 def run_stack(server, workdir, args, cache_seconds: str, name: str, results: dict):
     env = app_env(server, OVERVIEW_CACHE_SECONDS=cache_seconds)
-    stack = Stack(workdir / name, env, gunicorn_workers=args.gunicorn_workers,
+    stack = WebStack(workdir / name, env, gunicorn_workers=args.gunicorn_workers,
                   gunicorn_threads=args.threads, nginx_workers=1,
                   nginx_vars={"nginx_admin_rate": "100000r/s", "nginx_admin_burst": 100000})
     stack.start()

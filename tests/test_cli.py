@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.redis_server import REPO
+from app.devstack.redis_server import REPO
 from worker.hueys import get_huey
 
 
@@ -84,8 +84,7 @@ def test_processes_with_several_queues_is_refused_with_what_to_run_instead():
 
 
 def test_one_worker_serves_several_queues_with_threads(env, workers):
-    from tests.conftest import wait_for
-    from tests.helpers import recorded
+    from tests.helpers import recorded, wait_for
     from worker.producer import enqueue
 
     workers(queues=("email", "notifications"), concurrency=2)

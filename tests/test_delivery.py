@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.helpers import recorded
+from tests.helpers import recorded, wait_for
 from worker.management import QueueManager
 from worker.producer import JobRequest, enqueue, enqueue_many
 from worker.queues import Priority

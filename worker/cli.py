@@ -1,18 +1,18 @@
-"""`clarity`: the worker and queue-operations commands.
+"""The queue core's commands (`worker`, `enqueue`, `stats`, `failed`, `queue`, `job`) and the
+error policy every `clarity` command shares (`ClarityGroup`).
 
-The full console script is `app.cli:main`, which adds the admin, local-stack and migration
-commands to this group (the worker package never imports `app`).
+The console script itself is `app.cli:main`, which lists these beside the app's commands
+(the worker package never imports `app`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
 
 import click
-from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 
 from worker.queues import QUEUE_NAMES
 from worker.settings import SettingsError, get_settings
@@ -20,27 +20,42 @@ from worker.settings import SettingsError, get_settings
 QUEUE = click.Choice(QUEUE_NAMES)
 
 
-def friendly_errors(func):
-    """Turn configuration and Redis failures into one clear line and exit status 2/3."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+def explain_core_error(exc: Exception) -> str | None:
+    """One clear line for a configuration or Redis failure; None for anything else."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    if isinstance(exc, AuthenticationError):
+        return f"Redis refused the password ({exc}): check REDIS_PASSWORD or REDIS_URL"
+    if isinstance(exc, ConnectionError):
         try:
-            return func(*args, **kwargs)
-        except SettingsError as exc:
-            raise click.ClickException(str(exc)) from None
-        except AuthenticationError as exc:
-            raise click.ClickException(
-                f"Redis refused the password ({exc}): check REDIS_PASSWORD or REDIS_URL") from None
-        except ConnectionError as exc:
             where = get_settings().redis_display()
-            raise click.ClickException(
-                f"cannot reach Redis at {where}: {exc}. Is redis-server running? Check "
-                "REDIS_HOST/REDIS_PORT (or REDIS_URL); `clarity doctor` checks the setup.") from None
-        except ResponseError as exc:
-            raise click.ClickException(f"Redis answered with an error: {exc}") from None
+        except SettingsError:
+            where = "the configured address"
+        return (f"cannot reach Redis at {where}: {exc}. Is redis-server running? Check "
+                "REDIS_HOST/REDIS_PORT (or REDIS_URL); `clarity doctor` checks the setup.")
+    if isinstance(exc, ResponseError):
+        return f"Redis answered with an error: {exc}"
+    return None
 
-    return wrapper
+
+class ClarityGroup(click.Group):
+    """A command group whose commands share one error policy: a failure that `explain`
+    knows ends as one line on stderr and exit status 1, never a traceback. Applied at the
+    root, it covers every subcommand and subgroup (they run inside the root's invoke)."""
+
+    def explain(self, exc: Exception) -> str | None:
+        return explain_core_error(exc)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            message = self.explain(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 def _manager():
@@ -53,18 +68,7 @@ def _echo_json(doc):
     click.echo(json.dumps(doc, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="clarity-jobs", prog_name="clarity")
-def main():
-    """Clarity job system: workers, queues and operations for Income Clarity.
-
-    Configuration comes from the environment (and an optional .env file): REDIS_URL or
-    REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB, JOB_SIGNING_SECRET, WORKER_* and more;
-    see the README's configuration table.
-    """
-
-
-@main.command()
+@click.command()
 @click.option("-q", "--queue", "queues", multiple=True, type=QUEUE,
               help="Queue to consume; repeat for several (default: WORKER_QUEUES, all five).")
 @click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=None,
@@ -77,7 +81,6 @@ def main():
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto",
               envvar="LOG_FORMAT", show_default=True,
               help="JSON lines (production) or text (terminal); auto picks by terminal.")
-@friendly_errors
 def worker(queues, concurrency, name, processes, no_periodic, log_format):
     """Run a worker consuming one or more queues until SIGINT/SIGTERM.
 
@@ -89,39 +92,38 @@ def worker(queues, concurrency, name, processes, no_periodic, log_format):
     SIGINT or SIGTERM stop gracefully: running jobs finish (up to SHUTDOWN_TIMEOUT) and
     leased jobs not yet started go back to the queue at once. SIGHUP restarts.
     """
+    import os
+
     from worker.consumer import ClarityRunner
+    from worker.events import RuntimeEvents
+    from worker.health import HealthService, RedisProbe, health_port, serve_health
     from worker.logs import configure_logging, set_worker_name
+    from worker.metrics import WorkerMetrics
 
     settings = get_settings()
     queues = list(dict.fromkeys(queues or settings.queues))
     name = name or settings.worker_name
     configure_logging(settings.log_level, log_format)
     set_worker_name(name)
+    processes = settings.worker_processes if processes is None else processes
+    # Everything the worker runs with, built here in one place: metrics subscribe to the
+    # runtime's events before any job runs or any job process forks.
+    events = RuntimeEvents()
     try:
         runner = ClarityRunner(settings, queues, concurrency or settings.worker_concurrency, name,
-                               processes=settings.worker_processes if processes is None
-                               else processes, periodic=not no_periodic)
+                               processes=processes, periodic=not no_periodic, events=events)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _check_redis(runner)
-    _start_health_server(settings, runner, queues)
+    probe = RedisProbe(settings)
+    metrics = WorkerMetrics(runner.state, probe, processes=processes,
+                            backup_file=os.environ.get("BACKUP_TIMESTAMP_FILE") or None)
+    events.subscribe(metrics.jobs)
+    serve_health(HealthService(settings, runner, queues, metrics=metrics, probe=probe),
+                 health_port(settings, queues))
     sys.exit(runner.run())
 
 
-def _check_redis(runner):
-    # Fail at start with a clear message rather than log a retry loop forever.
-    runner.consumers[0].huey.storage.conn.ping()
-
-
-def _start_health_server(settings, runner, queues):
-    try:
-        from worker.health import start_health_server
-    except ImportError:
-        return
-    start_health_server(settings, runner, queues)
-
-
-@main.command()
+@click.command()
 @click.argument("queue", type=QUEUE)
 @click.argument("task")
 @click.argument("payload", default="{}")
@@ -134,7 +136,6 @@ def _start_health_server(settings, runner, queues):
               help="Same key again (within 7 days) returns the first job's id.")
 @click.option("--wait", type=float, default=None, metavar="SECONDS",
               help="Wait for the job to finish; exit 1 if it failed or timed out.")
-@friendly_errors
 def enqueue(queue, task, payload, priority, delay, scheduled_at, idempotency_key, wait):
     """Enqueue TASK on QUEUE with a JSON PAYLOAD object.
 
@@ -178,9 +179,8 @@ def enqueue(queue, task, payload, priority, delay, scheduled_at, idempotency_key
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@friendly_errors
 def stats(as_json):
     """Show every queue's jobs by state and priority."""
     counts = _manager().counts_all()
@@ -202,7 +202,7 @@ def stats(as_json):
     Console().print(table)
 
 
-@main.group()
+@click.group()
 def failed():
     """Inspect and act on failed jobs."""
 
@@ -211,7 +211,6 @@ def failed():
 @click.argument("queue", type=QUEUE)
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
-@friendly_errors
 def failed_list(queue, limit, offset):
     """List failed jobs of QUEUE, newest first."""
     page = _manager().list_failed(queue, limit, offset)
@@ -224,7 +223,6 @@ def failed_list(queue, limit, offset):
 @failed.command("show")
 @click.argument("queue", type=QUEUE)
 @click.argument("job_id")
-@friendly_errors
 def failed_show(queue, job_id):
     """Show one job with its error and traceback."""
     job = _manager().get_job(queue, job_id)
@@ -237,7 +235,6 @@ def failed_show(queue, job_id):
 @click.argument("queue", type=QUEUE)
 @click.argument("job_id", required=False)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every failed job of QUEUE.")
-@friendly_errors
 def failed_retry(queue, job_id, retry_all):
     """Move a failed job (or --all) back to the queue."""
     if not job_id and not retry_all:
@@ -251,7 +248,6 @@ def failed_retry(queue, job_id, retry_all):
 @failed.command("remove")
 @click.argument("queue", type=QUEUE)
 @click.argument("job_id")
-@friendly_errors
 def failed_remove(queue, job_id):
     """Remove one job that is not running."""
     if not _manager().remove_job(queue, job_id):
@@ -262,20 +258,18 @@ def failed_remove(queue, job_id):
 @failed.command("clear")
 @click.argument("queue", type=QUEUE)
 @click.confirmation_option(prompt="Remove every failed job of this queue?")
-@friendly_errors
 def failed_clear(queue):
     """Remove every failed job of QUEUE."""
     click.echo(f"{_manager().clear(queue, 'failed')} failed job(s) removed")
 
 
-@main.group()
+@click.group()
 def queue():
     """Pause, resume or clear a queue."""
 
 
 @queue.command("pause")
 @click.argument("name", type=QUEUE)
-@friendly_errors
 def queue_pause(name):
     """Stop starting new jobs on NAME (running jobs finish)."""
     _manager().pause(name)
@@ -284,7 +278,6 @@ def queue_pause(name):
 
 @queue.command("resume")
 @click.argument("name", type=QUEUE)
-@friendly_errors
 def queue_resume(name):
     """Resume a paused queue."""
     _manager().resume(name)
@@ -295,7 +288,6 @@ def queue_resume(name):
 @click.argument("name", type=QUEUE)
 @click.option("--state", type=click.Choice(["waiting", "delayed", "failed"]), required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@friendly_errors
 def queue_clear(name, state, yes):
     """Remove every job of NAME in STATE."""
     if not yes:
@@ -303,10 +295,9 @@ def queue_clear(name, state, yes):
     click.echo(f"{_manager().clear(name, state)} job(s) removed")
 
 
-@main.command()
+@click.command()
 @click.argument("job_id")
 @click.option("--queue", type=QUEUE, default=None, help="Look only in this queue.")
-@friendly_errors
 def job(job_id, queue):
     """Look a job up by id (in every queue unless --queue)."""
     manager = _manager()
@@ -316,4 +307,4 @@ def job(job_id, queue):
     _echo_json(info)
 
 
-__all__ = ["RedisError", "main"]
+COMMANDS = (worker, enqueue, stats, failed, queue, job)

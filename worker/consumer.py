@@ -34,30 +34,18 @@ from huey.exceptions import CancelExecution
 from redis.exceptions import RedisError
 
 from worker import __version__
-from worker.hueys import ClarityHuey, get_huey
+from worker.events import ActiveJob, RuntimeEvents
+from worker.hueys import ClarityHuey, RefusedMessage, get_huey
 from worker.logs import job_context
 from worker.settings import Settings
 from worker.storage import PAUSED, Settlement
 
 log = logging.getLogger("clarity.worker")
 
-OUTCOME_SIGNALS = (S.SIGNAL_COMPLETE, S.SIGNAL_ERROR, S.SIGNAL_RETRYING, S.SIGNAL_CANCELED,
-                   S.SIGNAL_INTERRUPTED, S.SIGNAL_EXPIRED, S.SIGNAL_REVOKED, S.SIGNAL_SCHEDULED,
-                   S.SIGNAL_LOCKED, S.SIGNAL_TIMEOUT, S.SIGNAL_RATE_LIMITED)
-
-
-@dataclass
-class ActiveJob:
-    id: str
-    queue: str
-    task: str
-    started: float
-    deliveries: int
-
-
 @dataclass
 class RuntimeState:
-    """What this process is doing; read by the health server and the heartbeat."""
+    """What this process is doing; read by the health server and the heartbeat. It follows
+    the runtime's events like any other subscriber."""
 
     name: str
     queues: list[str]
@@ -69,7 +57,6 @@ class RuntimeState:
     consumer_alive: float = field(default_factory=time.monotonic)
     active: dict[str, ActiveJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    listeners: list = field(default_factory=list)
 
     def job_started(self, job: ActiveJob):
         with self.lock:
@@ -84,42 +71,11 @@ class RuntimeState:
                 self.failed += 1
             elif outcome == "retried":
                 self.retried += 1
-        for listener in self.listeners:
-            try:
-                listener(job, outcome, duration, wait)
-            except Exception:
-                log.exception("job listener failed")
-
-
-_outcome = threading.local()
-
-
-def _record(signal_name):
-    def receiver(signal, task, *args, **kwargs):
-        events = getattr(_outcome, "events", None)
-        if events is not None:
-            events.append(signal_name)
-
-    return receiver
-
-
-def _post_execute(task, value, exception):
-    if exception is not None:
-        _outcome.exception = exception
-
-
-def instrument(huey: ClarityHuey) -> None:
-    """Capture each job's outcome in the executing thread (Huey emits signals there)."""
-    if getattr(huey, "_clarity_instrumented", False):
-        return
-    for name in OUTCOME_SIGNALS:
-        huey._signal.connect(_record(name), name)
-    huey.post_execute("clarity-outcome")(_post_execute)
-    huey._clarity_instrumented = True
 
 
 class ClarityWorker(Worker):
-    state: RuntimeState = None  # set by the consumer factory
+    state: RuntimeState = None  # both set by the consumer factory
+    events: RuntimeEvents = None
 
     def initialize(self):
         super().initialize()
@@ -138,6 +94,9 @@ class ClarityWorker(Worker):
     def loop(self, now=None):
         try:
             task = self.huey.lease_task(block=True)
+        except RefusedMessage as refused:
+            self.events.bad_message(self.huey.queue, refused.task, refused.reason)
+            return
         except RedisError as exc:
             log.warning("cannot lease from %s: %s; retrying in %.1fs", self.huey.queue, exc,
                         self.delay)
@@ -155,8 +114,8 @@ class ClarityWorker(Worker):
         lease = task.lease
         job = ActiveJob(task.id, self.huey.queue, task.name, time.time(), lease.deliveries)
         wait = max(0.0, job.started - lease.ready_ms / 1000)
-        _outcome.events, _outcome.exception = [], None
-        self.state.job_started(job)
+        task.outcomes, task.exception = [], None  # filled by ClarityHuey's signal receivers
+        self.events.job_started(job)
         with job_context(self.huey.queue, task.id, task.name):
             if lease.deliveries > 1:
                 log.warning("redelivery %d of %s %s (an earlier worker died or hung)",
@@ -168,13 +127,13 @@ class ClarityWorker(Worker):
                 # lease stays; the reaper redelivers the job when it expires.
                 log.exception("error around job %s; it will be redelivered after its lease",
                               task.id)
-                self.state.job_finished(job, "error", time.time() - job.started, wait)
+                self.events.job_finished(job, "error", time.time() - job.started, wait)
                 return
             outcome = self.settle_job(task)
-        self.state.job_finished(job, outcome, time.time() - job.started, wait)
+        self.events.job_finished(job, outcome, time.time() - job.started, wait)
 
     def settle_job(self, task) -> str:
-        events, exc = _outcome.events, _outcome.exception
+        events, exc = task.outcomes, task.exception
         storage = self.huey.storage
         if S.SIGNAL_INTERRUPTED in events:
             return self.handle_job_interrupted(task)
@@ -229,8 +188,10 @@ class ClarityScheduler(BaseProcess):
     process_name = "Scheduler"
     tick = 0.25
 
-    def __init__(self, huey, stop_flag, periodic=True, reap_interval=None):
+    def __init__(self, huey, stop_flag, events: RuntimeEvents, periodic=True,
+                 reap_interval=None):
         super().__init__(huey, stop_flag)
+        self.events = events
         self.periodic = periodic
         self.reap_interval = reap_interval or max(0.5, min(5.0, huey.settings.lease_seconds / 4))
         self._next_reap = 0.0
@@ -263,11 +224,7 @@ class ClarityScheduler(BaseProcess):
         if requeued or abandoned:
             log.warning("reaper on %s: %d expired lease(s) returned to the queue, %d abandoned",
                         self.huey.queue, requeued, abandoned)
-            for listener in REAP_LISTENERS:
-                listener(self.huey.queue, requeued, abandoned)
-
-
-REAP_LISTENERS: list = []
+            self.events.leases_reaped(self.huey.queue, requeued, abandoned)
 
 
 class LeaseKeeper:
@@ -362,17 +319,18 @@ class QueueConsumer(Consumer):
 
     worker_class = ClarityWorker
 
-    def __init__(self, huey, state: RuntimeState, **options):
+    def __init__(self, huey, state: RuntimeState, events: RuntimeEvents, **options):
         self.state = state
+        self.events = events
         super().__init__(huey, **options)
 
     def _create_worker(self):
         worker = super()._create_worker()
-        worker.state = self.state
+        worker.state, worker.events = self.state, self.events
         return worker
 
     def _create_scheduler(self):
-        return ClarityScheduler(self.huey, self.stop_flag, periodic=self.periodic)
+        return ClarityScheduler(self.huey, self.stop_flag, self.events, periodic=self.periodic)
 
     def _set_signal_handlers(self):
         pass  # the runner owns signals for all queues of this process
@@ -386,20 +344,23 @@ class ClarityRunner:
     """
 
     def __init__(self, settings: Settings, queues: list[str], concurrency: int, name: str,
-                 processes: bool = False, periodic: bool = True):
+                 processes: bool = False, periodic: bool = True,
+                 events: RuntimeEvents | None = None):
         if processes and len(queues) > 1:
             raise ValueError("--processes serves one queue per worker process: run one "
                              "clarity-worker@<queue> unit per queue (or drop --processes to "
                              "serve several queues with threads)")
         self.settings = settings
+        self.processes = processes
         self.state = RuntimeState(name=name, queues=list(queues), concurrency=concurrency)
+        self.events = events or RuntimeEvents()
+        self.events.subscribe(self.state)
         self.consumer_id = f"{name}:{os.getpid()}"
         self.consumers: list[QueueConsumer] = []
         for queue in queues:
             huey = get_huey(queue, settings, consumer_id=self.consumer_id)
-            instrument(huey)
             self.consumers.append(QueueConsumer(
-                huey, self.state, workers=concurrency, periodic=periodic,
+                huey, self.state, self.events, workers=concurrency, periodic=periodic,
                 worker_type=WORKER_PROCESS if processes else WORKER_THREAD,
                 initial_delay=0.1, max_delay=5.0, check_worker_health=True,
                 health_check_interval=5, shutdown_timeout=settings.shutdown_timeout))

@@ -32,9 +32,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import redis
 from redis.exceptions import RedisError
 
-import redis
 from worker import __version__
 from worker.queues import QUEUE_NAMES
 
@@ -99,8 +99,7 @@ class HealthService:
         self.queues = list(queues)
         self.probe = probe or RedisProbe(settings)
         self.metrics = metrics
-        self.processes = any(getattr(c, "worker_type", "thread") == "process"
-                             for c in runner.consumers)
+        self.processes = runner.processes
 
     def stopping(self) -> bool:
         return getattr(self.runner, "_signal", None) is not None
@@ -219,27 +218,16 @@ class HealthServer:
         self.httpd.server_close()
 
 
-def start_health_server(settings, runner, queues) -> HealthServer | None:
-    """Start the health server for this worker (called by `clarity worker` before the
-    consumers start, so that the metric hooks are in place before any job or fork)."""
-    from worker.metrics import WorkerMetrics
-
-    queues = list(queues)
-    port = health_port(settings, queues)
-    processes = any(getattr(c, "worker_type", "thread") == "process" for c in runner.consumers)
-    probe = RedisProbe(settings)
-    metrics = WorkerMetrics(runner.state, probe, processes=processes,
-                            backup_file=os.environ.get("BACKUP_TIMESTAMP_FILE") or None)
-    metrics.attach(runner)
+def serve_health(service: HealthService, port: int) -> HealthServer | None:
+    """Serve `service` on `port` (0: disabled). A busy port is logged, not fatal: the worker
+    still does its job, and monitoring shows this target as down."""
     if port == 0:
         log.info("health server disabled (HEALTH_CHECK_PORT=0)")
         return None
     host = os.environ.get("HEALTH_CHECK_HOST", "0.0.0.0")
-    service = HealthService(settings, runner, queues, metrics=metrics, probe=probe)
     try:
         server = HealthServer(service, host, port).start()
     except OSError as exc:
-        # The worker still does its job; monitoring will show this target as down.
         log.error("health server cannot listen on %s:%d (%s): another worker of this queue on "
                   "this host? Set HEALTH_CHECK_PORT to a free port (0 disables it). Running "
                   "without /health and /metrics.", host, port, exc.strerror or exc)

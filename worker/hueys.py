@@ -7,12 +7,13 @@ import logging
 import random
 import threading
 
+import redis
 from huey import Huey
+from huey import signals as S
 from huey.api import Task
 from huey.exceptions import HueyException
 from huey.registry import Registry
 
-import redis
 from worker.messages import BadMessage, BadSignature, SignedJSONSerializer, peek_job
 from worker.queues import Priority, check_queue
 from worker.registry import TaskSpec, load_task_modules, specs_for
@@ -20,6 +21,32 @@ from worker.settings import Settings, get_settings
 from worker.storage import PAUSED, Lease, ReliableRedisStorage, Settlement
 
 log = logging.getLogger("clarity.huey")
+
+# The signals that say how an execution ended; the worker reads them off the task.
+OUTCOME_SIGNALS = (S.SIGNAL_COMPLETE, S.SIGNAL_ERROR, S.SIGNAL_RETRYING, S.SIGNAL_CANCELED,
+                   S.SIGNAL_INTERRUPTED, S.SIGNAL_EXPIRED, S.SIGNAL_REVOKED, S.SIGNAL_SCHEDULED,
+                   S.SIGNAL_LOCKED, S.SIGNAL_TIMEOUT, S.SIGNAL_RATE_LIMITED)
+
+
+class RefusedMessage(Exception):
+    """A leased message that will never run (bad signature, unreadable, unknown task). It is
+    already parked in the failed set; `task` is the name it claims, unverified."""
+
+    def __init__(self, job_id: str, task: str, reason: str, error: str):
+        super().__init__(f"job {job_id}: {reason}: {error}")
+        self.job_id, self.task, self.reason = job_id, task, reason
+
+
+def _note_outcome(signal, task, *args, **kwargs):
+    # Huey emits signals in the thread that runs the task, on the very task object; the
+    # worker gives each execution an `outcomes` list before running it.
+    outcomes = getattr(task, "outcomes", None)
+    if outcomes is not None:
+        outcomes.append(signal)
+
+
+def _note_exception(task, value, exception):
+    task.exception = exception
 
 
 class ShortNameRegistry(Registry):
@@ -35,7 +62,6 @@ class ClarityHuey(Huey):
                  consumer_id: str | None = None):
         self.queue = check_queue(queue)
         self.settings = settings
-        self.bad_message_hook = None  # set by the consumer to count bad signatures
         super().__init__(
             name=queue, results=False, utc=True,
             serializer=SignedJSONSerializer(settings.signing_secret.get_secret_value(), queue),
@@ -43,6 +69,8 @@ class ClarityHuey(Huey):
             prefix=settings.redis_key_prefix, consumer_id=consumer_id,
             lease_seconds=settings.lease_seconds, max_deliveries=settings.max_deliveries)
         self._registry = ShortNameRegistry()
+        self.signal(*OUTCOME_SIGNALS)(_note_outcome)
+        self.post_execute("clarity-outcome")(_note_exception)
         self.specs: dict[str, TaskSpec] = {}
         for spec in specs_for(queue):
             self._register_spec(spec)
@@ -94,7 +122,8 @@ class ClarityHuey(Huey):
     # -- consuming -----------------------------------------------------------------------
 
     def lease_task(self, block=True):
-        """The next task with its lease attached as `task.lease`, None, or PAUSED."""
+        """The next task with its lease attached as `task.lease`, None, or PAUSED. A message
+        that cannot run is parked in the failed set and raises `RefusedMessage`."""
         lease = self.storage.lease(block=block)
         if lease is None or lease is PAUSED:
             return lease
@@ -102,10 +131,8 @@ class ClarityHuey(Huey):
             task = self.deserialize_task(lease.data)
         except BadMessage as exc:
             self._park_bad_message(lease, exc)
-            return None
         except (HueyException, TypeError, ValueError) as exc:  # e.g. an unknown task name
             self._park_bad_message(lease, BadMessage(f"cannot load task: {exc}"))
-            return None
         task.lease = lease
         return task
 
@@ -115,11 +142,13 @@ class ClarityHuey(Huey):
         self.storage.settle([Settlement("fail", lease, reason=reason,
                                         error_type=type(exc).__name__, error=str(exc),
                                         attempts=lease.deliveries)])
-        if self.bad_message_hook is not None:
-            self.bad_message_hook(self.queue, peek_job(lease.data).get("task", "?"), reason)
+        raise RefusedMessage(lease.id, peek_job(lease.data).get("task", "?"), reason, str(exc))
 
     def dequeue(self):
-        task = self.lease_task(block=self.storage.blocking)
+        try:
+            task = self.lease_task(block=self.storage.blocking)
+        except RefusedMessage:
+            return None
         return None if task is PAUSED else task
 
     # Huey's revoke bookkeeping costs two round trips per job (HMGET before, HDEL after).

@@ -11,6 +11,7 @@ import json
 import time
 
 import redis
+
 from worker.messages import peek_job
 from worker.queues import PRIORITY_BAND, QUEUE_NAMES, JobState, Priority, QueueKeys, check_queue
 from worker.settings import Settings, get_settings

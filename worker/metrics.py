@@ -3,7 +3,7 @@
 Two kinds, because of how the numbers are produced:
 
 * Counted as jobs run (counters, histograms, the active-jobs gauge): prometheus-client
-  metric objects updated by the runtime's job listeners. With ``--processes`` the jobs run
+  metric objects updated by the runtime's events (`JobMetrics` subscribes to them). With ``--processes`` the jobs run
   in forked children, so these live in prometheus-client's multiprocess mode: every process
   writes its own mmap'd file under PROMETHEUS_MULTIPROC_DIR and a scrape adds them up. When
   the worker runs with processes and PROMETHEUS_MULTIPROC_DIR is not set, a private
@@ -107,7 +107,7 @@ class JobMetrics:
                               "requeued, or abandoned after too many deliveries",
                               ["queue", "outcome"], registry=registry)
 
-    # -- listeners (signatures set by worker.consumer) -----------------------------------
+    # -- event subscriber (worker.events.RuntimeEvents) ----------------------------------
 
     def job_started(self, job) -> None:
         self.active.inc()
@@ -234,25 +234,6 @@ class WorkerMetrics:
         self.jobs = JobMetrics(self._own)
         self.scrape = ScrapeCollector(probe, state, backup_file)
         self.started = time.time()
-
-    def attach(self, runner) -> None:
-        """Subscribe to the runtime's hooks (call before the consumers start)."""
-        from worker import consumer
-
-        state = runner.state
-        state.listeners.append(self.jobs.job_finished)
-        original = state.job_started
-
-        def job_started(job, _original=original):
-            _original(job)
-            self.jobs.job_started(job)
-
-        # RuntimeState has finish listeners only; count starts on this worker's instance.
-        state.job_started = job_started
-        for c in runner.consumers:
-            c.huey.bad_message_hook = self.jobs.bad_message
-        if self.jobs.leases_reaped not in consumer.REAP_LISTENERS:
-            consumer.REAP_LISTENERS.append(self.jobs.leases_reaped)
 
     def registry(self):
         from prometheus_client import CollectorRegistry, multiprocess

@@ -11,15 +11,19 @@ delivers at least once.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.queues import Priority, check_queue
 
-BUILTIN_TASK_MODULES = ("worker.tasks.builtin", "worker.tasks.sync", "worker.tasks.email",
-                        "worker.tasks.webhook", "worker.tasks.notifications",
-                        "worker.tasks.cleanup")
+# Where task modules come from: the core's own (ping on every queue), the modules installed
+# packages register under this entry point group (the Income Clarity domain registers its
+# handlers in pyproject.toml), and TASK_MODULES. The core names no domain module.
+CORE_TASK_MODULES = ("worker.builtin_tasks",)
+ENTRY_POINT_GROUP = "clarity.task_modules"
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,23 @@ def periodic_task(queue: str, schedule, *, name: str | None = None,
 _loaded: set = set()
 
 
+@functools.cache
+def installed_task_modules() -> tuple[str, ...]:
+    """Modules registered by installed packages under the `clarity.task_modules` entry
+    point group, sorted by entry point name (read once per process)."""
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return tuple(ep.value for ep in sorted(found, key=lambda ep: ep.name))
+
+
 def load_task_modules(extra: str | list[str] = "") -> None:
-    """Import the modules that declare tasks (built-ins plus TASK_MODULES)."""
+    """Import the modules that declare tasks: the core's, the installed ones (entry points)
+    and `extra` (TASK_MODULES)."""
     if extra in _loaded:
         return  # the producer's hot path calls this on every enqueue
     key = extra if isinstance(extra, str) else None
     if isinstance(extra, str):
         extra = [m.strip() for m in extra.split(",") if m.strip()]
-    for module in (*BUILTIN_TASK_MODULES, *extra):
+    for module in (*CORE_TASK_MODULES, *installed_task_modules(), *extra):
         importlib.import_module(module)
     if key is not None:
         _loaded.add(key)

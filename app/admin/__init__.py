@@ -109,8 +109,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["clarity_redis"] = client
     app.extensions["clarity_manager"] = QueueManager(settings, client)
     app.extensions["clarity_keyring"] = KeyRing(keys, session_secret)
+    app.extensions["clarity_views"] = actions.ViewCache()
     RateLimits(app, client.connection_pool, settings.redis_key_prefix)
-    actions._overview_cache.clear()
 
     errors.init_app(app)
     metrics.init_app(app)

@@ -11,9 +11,9 @@ import datetime as dt
 import threading
 import time
 
+import redis
 from flask import current_app
 
-import redis
 from app.admin import audit
 from app.admin.errors import ApiError
 from worker.management import CLEARABLE_STATES, MAX_PAGE, QueueManager
@@ -106,10 +106,26 @@ def page_args(args) -> tuple[int, int]:
 
 # -- read views ----------------------------------------------------------------------------
 
-_overview_lock = threading.Lock()
-_overview_cache: dict[int, tuple[float, dict, bytes]] = {}
-_migration_cache: dict[int, tuple[float, dict | None]] = {}
 MIGRATION_CACHE_SECONDS = 5.0
+
+
+class ViewCache:
+    """An app's cached read views (`app.extensions["clarity_views"]`): the overview for
+    OVERVIEW_CACHE_SECONDS, migration progress for a few seconds. Per app, so two apps in
+    one process (tests, several blueprints' setups) never see each other's figures."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.overview: tuple[float, dict, bytes] | None = None
+        self.migration: tuple[float, dict | None] | None = None
+
+    def clear(self) -> None:
+        with self.lock:
+            self.overview = None
+
+
+def views() -> ViewCache:
+    return current_app.extensions["clarity_views"]
 
 
 def migration_status() -> dict | None:
@@ -121,28 +137,24 @@ def migration_status() -> dict | None:
         provider = current_app.config["CLARITY_MIGRATION_STATUS"]
         return provider() if provider is not None else None
     # Progress moves slowly and costs SQL queries: refreshed at most every few seconds.
-    now = time.monotonic()
-    with _overview_lock:
-        hit = _migration_cache.get(id(current_app))
+    now, cache = time.monotonic(), views()
+    with cache.lock:
+        hit = cache.migration
     if hit is not None and hit[0] > now:
         return hit[1]
     value = _read_migration_status()
-    with _overview_lock:
-        _migration_cache[id(current_app)] = (now + MIGRATION_CACHE_SECONDS, value)
+    with cache.lock:
+        cache.migration = (now + MIGRATION_CACHE_SECONDS, value)
     return value
 
 
 def _read_migration_status() -> dict | None:
+    from app.migration.stats import current_migration_stats
+
     try:
-        from app.queue_service import QueueService
-    except ImportError:
-        return None
-    try:
-        service = QueueService()
-        if hasattr(service, "migration_stats"):  # cheaper: no second round of queue counts
-            return service.migration_stats()
-        return (service.get_detailed_stats() or {}).get("migration")
-    except Exception:  # an optional panel must never break the overview
+        return current_migration_stats(current_app.config["CLARITY_SETTINGS"],
+                                       client=current_app.extensions["clarity_redis"])
+    except Exception:  # a panel must never break the overview
         current_app.logger.warning("migration status unavailable", exc_info=True)
         return None
 
@@ -187,11 +199,10 @@ def overview_json() -> bytes:
 
 def _overview() -> tuple[dict, bytes]:
     ttl = current_app.config["CLARITY_ADMIN"].overview_cache_seconds
-    key = id(current_app)
-    now = time.monotonic()
+    now, cache = time.monotonic(), views()
     if ttl > 0:
-        with _overview_lock:
-            hit = _overview_cache.get(key)
+        with cache.lock:
+            hit = cache.overview
         if hit is not None and hit[0] > now:
             return hit[1], hit[2]
     started = time.perf_counter()
@@ -217,8 +228,8 @@ def _overview() -> tuple[dict, bytes]:
     }
     encoded = current_app.json.dumps(body).encode()
     if ttl > 0:
-        with _overview_lock:
-            _overview_cache[key] = (now + ttl, body, encoded)
+        with cache.lock:
+            cache.overview = (now + ttl, body, encoded)
     return body, encoded
 
 
@@ -344,7 +355,7 @@ def run_mutation(action: str, args: dict) -> dict:
     elif action == "resume":
         m.resume(queue)
         result.update(paused=False)
-    _overview_cache.clear()
+    views().clear()
     return result
 
 

@@ -13,9 +13,8 @@ import datetime as dt
 import json
 import logging
 
-from flask import current_app, g, request
-
 import redis
+from flask import current_app, g, request
 
 log = logging.getLogger("clarity.audit")
 

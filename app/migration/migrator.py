@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from app.db.schema import queued_sync
 from app.migration.legacy import LegacyRow, LegacyStore, Status
 from app.migration.poller import _future_or_none
-from worker.db.schema import queued_sync
 from worker.producer import JobError, JobRequest, enqueue_many, validate
 from worker.registry import load_task_modules
 from worker.settings import Settings

@@ -25,11 +25,11 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import redis
 from huey.exceptions import CancelExecution, RetryTask
 
-import redis
+from app.db.schema import utcnow
 from app.migration.legacy import LegacyRow, LegacyStore, Origin, Status
-from worker.db.schema import utcnow
 from worker.producer import JobError, JobRequest, enqueue_many
 from worker.registry import get_spec, load_task_modules
 from worker.settings import Settings

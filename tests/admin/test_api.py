@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.admin.conftest import ADMIN, PRODUCER, READONLY, make_failed, make_jobs
+from tests.admin.helpers import ADMIN, PRODUCER, READONLY, make_failed, make_jobs
 from worker.queues import QUEUE_NAMES
 
 URL = "/api/admin/queue"
@@ -244,7 +244,7 @@ def test_read_only_and_producer_keys_may_not_mutate(client, manager):
 
 
 def test_rotated_key_works_alongside_the_old_one(client):
-    from tests.admin.conftest import ROTATED_KEY
+    from tests.admin.helpers import ROTATED_KEY
 
     assert client.get(URL, headers={"Authorization": f"Bearer {ROTATED_KEY}"}).status_code == 200
 
@@ -252,7 +252,7 @@ def test_rotated_key_works_alongside_the_old_one(client):
 def test_every_mutation_is_audited_without_the_key(client, manager, caplog):
     import logging
 
-    from tests.admin.conftest import ADMIN_KEY, READONLY_KEY
+    from tests.admin.helpers import ADMIN_KEY, READONLY_KEY
 
     caplog.set_level(logging.INFO, logger="clarity.audit")
     post(client, {"action": "pause", "queue": "sync"})
@@ -312,6 +312,7 @@ def test_unexpected_exception_is_a_json_500_without_traceback(app, monkeypatch):
 
 def test_redis_down_is_a_json_503(app, monkeypatch):
     import redis
+
     from app.admin import actions
 
     def down():

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from tests.admin.conftest import ADMIN, ADMIN_KEY
-from tests.admin.stack import free_port
-from tests.conftest import WorkerProcess, clarity_env, wait_for
-from tests.redis_server import real_clock_env
+from app.devstack.redis_server import real_clock_env
+from app.devstack.web import free_port
+from tests.admin.helpers import ADMIN, ADMIN_KEY
+from tests.helpers import WorkerProcess, clarity_env, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

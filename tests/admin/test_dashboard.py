@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.admin.conftest import ADMIN_KEY, READONLY_KEY, make_failed
+from tests.admin.helpers import ADMIN_KEY, READONLY_KEY, make_failed
 from tests.admin.test_api import assert_error
 
 
@@ -129,7 +129,7 @@ def test_logout_ends_the_session(client):
 def test_removing_a_key_ends_its_sessions(admin_env, monkeypatch, setting):
     from app.admin import create_app
     from app.admin.config import reset_admin_settings_cache
-    from tests.admin.conftest import ROTATED_KEY
+    from tests.admin.helpers import ROTATED_KEY
 
     client = create_app().test_client()
     login(client)

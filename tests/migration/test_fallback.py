@@ -9,13 +9,13 @@ from collections import Counter
 
 import pytest
 
-from app.migration.fallback import QueueUnavailable
+from app.db.engine import get_engine
+from app.dispatch import QueueUnavailable
 from app.migration.legacy import LegacyStore, Origin, Status
 from app.migration.poller import LegacyPoller
 from app.queue_service import QueueService
-from tests.migration.conftest import wait_until
+from tests.helpers import wait_for
 from tests.migration.jobs import executions
-from worker.db.engine import get_engine
 from worker.management import QueueManager
 from worker.settings import get_settings
 
@@ -70,14 +70,14 @@ def test_redis_killed_mid_burst_of_2000_enqueues_every_job_runs_exactly_once(
     server.start()
     workers(server, queues=("sync",), concurrency=8, clarity_test_runner="queue", **extra)
     # New jobs go to the queue again once the breaker's probe succeeds.
-    later = wait_until(lambda: (r := service.enqueue("sync", "count", {"n": 5000}))
+    later = wait_for(lambda: (r := service.enqueue("sync", "count", {"n": 5000}))
                        .route == "queue" and r, timeout=10, message="the breaker to close")
     results[5000] = later
 
     def all_ran():
         return len({n for n, _ in executions(count_file)}) >= 2001
 
-    wait_until(all_ran, timeout=90, interval=0.2, message="every job to run")
+    wait_for(all_ran, timeout=90, interval=0.2, message="every job to run")
     time.sleep(2.0)  # let any duplicate show up
     ran = Counter(n for n, _ in executions(count_file))
     assert set(ran) == {str(i) for i in results}, "lost or unknown jobs"

@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
+from app.db.engine import get_engine
+from app.db.schema import queued_sync, utcnow
 from app.migration.legacy import LegacyStore, NewRow, Origin, Status
 from app.migration.poller import LegacyPoller
 from tests.migration.jobs import executions
-from worker.db.engine import get_engine
-from worker.db.schema import queued_sync, utcnow
 from worker.settings import get_settings
 
 

@@ -13,9 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.conftest import RUN_MARKER
+from app.devstack.redis_server import REPO, free_port
+from tests.helpers import RUN_MARKER
 from tests.observability.helpers import scrape, value
-from tests.redis_server import REPO, free_port
 
 
 def descendants(pid: int) -> set[int]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.helpers import recorded
+from app.devstack.redis_server import free_port
+from tests.helpers import recorded, wait_for
 from tests.observability.helpers import get_json, has, scrape, value
-from tests.redis_server import free_port
 from worker.management import QueueManager
 from worker.producer import enqueue
 

@@ -31,11 +31,12 @@ import uuid
 from dataclasses import dataclass
 
 import redis
+from redis import exceptions
+
 from app.migration.breaker import CircuitBreaker
 from app.migration.config import MigrationSettings
 from app.migration.legacy import LegacyStore, NewRow, Origin
 from app.migration.router import LEGACY, QUEUE, Router
-from redis import exceptions
 from worker.producer import JobRequest, enqueue_many, validate
 from worker.registry import load_task_modules
 from worker.settings import Settings

@@ -1,6 +1,6 @@
 """Provider webhooks: verify, store, route.
 
-The admin app's intake endpoint verifies the signature (worker.webhooks) and enqueues
+The admin app's intake endpoint verifies the signature (app.jobs.webhook_signatures) and enqueues
 `process_webhook` with the raw body, the signature headers and the time it received the
 request; this handler verifies again (the body is the provider's word, not ours), stores
 the event once, and routes it:
@@ -25,28 +25,17 @@ import sqlalchemy as sa
 from huey.exceptions import CancelExecution
 from sqlalchemy.engine import Engine
 
-from worker.db.engine import dialect_insert, get_engine
-from worker.db.schema import utcnow, webhook_events
-from worker.handler_settings import HandlerSettings, get_handler_settings
+from app.db.engine import dialect_insert, get_engine
+from app.db.schema import utcnow, webhook_events
+from app.jobs.settings import HandlerSettings, get_handler_settings
+from app.jobs.webhook_signatures import WebhookRejected, verify_signature
 from worker.queues import Priority
 from worker.registry import task
-from worker.webhooks import WebhookRejected, verify_signature
 
 log = logging.getLogger("clarity.tasks.webhook")
 
 REFRESH_EVENTS = {"DATA_UPDATES", "REFRESH", "AUTO_REFRESH_UPDATES", "DATA_REFRESH",
                   "ACCOUNT_REFRESHED", "HOLDINGS_UPDATED", "TRANSACTIONS_UPDATED"}
-
-
-def webhook_job_payload(provider: str, body: bytes, headers, received_at: float | None = None
-                        ) -> dict:
-    """What the intake endpoint enqueues (JSON-safe)."""
-    from worker.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER
-
-    wanted = {TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()}
-    kept = {k: v for k, v in dict(headers).items() if k.lower() in wanted}
-    return {"provider": provider, "body": body.decode("utf-8", errors="replace"),
-            "headers": kept, "received_at": time.time() if received_at is None else received_at}
 
 
 @task("webhook", name="process_webhook", retries=5, retry_delay=2.0, retry_max_delay=300,
@@ -129,7 +118,7 @@ def _route(provider: str, event_id: str, event_type: str, user_id: int | None, e
     if user_id is None:
         return "ignored: no user"
     if event_type.upper().replace(".", "_") in REFRESH_EVENTS:
-        from worker.tasks.sync import SyncType
+        from app.contracts import SyncType
 
         window = int(received_at // settings.sync_webhook_window_seconds)
         job = enqueue("sync", "sync_user",

@@ -1,14 +1,14 @@
-"""Alembic environment: runs on the connection `worker.db.migrate` hands over."""
+"""Alembic environment: runs on the connection `app.db.migrate` hands over."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from worker.db.schema import metadata
+from app.db.schema import metadata
 
 connection = context.config.attributes.get("connection")
-if connection is None:  # pragma: no cover - always called through worker.db.migrate
-    raise RuntimeError("run migrations with `clarity db upgrade` (worker.db.migrate)")
+if connection is None:  # pragma: no cover - always called through app.db.migrate
+    raise RuntimeError("run migrations with `clarity db upgrade` (app.db.migrate)")
 
 context.configure(
     connection=connection,

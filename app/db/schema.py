@@ -5,7 +5,7 @@ stored in UTC and always come back timezone-aware (`UTCDateTime`); money and qua
 are `Numeric`. Every table a handler writes has a natural unique key, so that a handler
 re-run after a redelivery updates rows instead of adding them.
 
-The Alembic migrations in `worker/db/migrations/versions/` create these tables; change
+The Alembic migrations in `app/db/migrations/versions/` create these tables; change
 both together (`tests/handlers/test_db.py` checks that they agree).
 """
 

@@ -21,7 +21,7 @@ from email.utils import formatdate, make_msgid
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from worker.handler_settings import HandlerSettings, get_handler_settings
+from app.jobs.settings import HandlerSettings, get_handler_settings
 
 log = logging.getLogger("clarity.mailer")
 
@@ -61,7 +61,7 @@ _env: Environment | None = None
 def template_env() -> Environment:
     global _env
     if _env is None:
-        _env = Environment(loader=PackageLoader("worker", "templates/email"),
+        _env = Environment(loader=PackageLoader("app.jobs", "templates/email"),
                            autoescape=select_autoescape(["html"]),
                            undefined=_Lenient, keep_trailing_newline=True)
     return _env

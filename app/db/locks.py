@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from worker.db.engine import dialect_insert
-from worker.db.schema import job_locks, utcnow
+from app.db.engine import dialect_insert
+from app.db.schema import job_locks, utcnow
 
 
 class LockHeld(Exception):

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.redis_server import real_clock_env
+from app.devstack.processes import free_port, real_clock_env
 
 ENV_URL = "CLARITY_TEST_POSTGRES_URL"
 
@@ -34,12 +34,6 @@ def find_bindir() -> Path | None:
             return Path(path)
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresCluster:

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -23,18 +22,12 @@ from pathlib import Path
 import httpx
 import jinja2
 
-from tests.redis_server import real_clock_env
+from app.devstack import REPO
+from app.devstack.processes import Child, free_port, real_clock_env
 
-REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "nginx" / "clarity-admin.conf.j2"
 VENV_BIN = Path(sys.executable).parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bool(value) -> bool:
@@ -51,7 +44,7 @@ def render_site(**variables) -> str:
     env.filters["regex_replace"] = lambda value, pattern, repl: re.sub(pattern, repl,
                                                                        str(value))
     values = {
-        "ansible_managed": "rendered by tests/admin/stack.py",
+        "ansible_managed": "rendered by app/devstack/web.py",
         "nginx_server_name": "localhost",
         "nginx_listen_ipv6": False,
         "nginx_admin_rate": "50r/s",
@@ -72,7 +65,7 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class Stack:
+class WebStack:
     """nginx + gunicorn on free ports, in `workdir`. `env`: the app's environment."""
 
     def __init__(self, workdir: Path, env: dict[str, str], *, nginx_vars: dict | None = None,
@@ -89,8 +82,8 @@ class Stack:
         self.http_port = free_port()
         self.https_port = free_port()
         self.socket = self.dir / "gunicorn.sock"
-        self.gunicorn: subprocess.Popen | None = None
-        self.nginx: subprocess.Popen | None = None
+        self.gunicorn: Child | None = None
+        self.nginx: Child | None = None
         self.cert: Path | None = None
 
     @property
@@ -107,7 +100,7 @@ class Stack:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert))
 
-    def start(self) -> Stack:
+    def start(self) -> WebStack:
         self.cert, key = make_certificate(self.dir)
         self._start_gunicorn()
         self._start_nginx(key)
@@ -124,11 +117,9 @@ class Stack:
                "GUNICORN_ACCESS_LOG": str(self.dir / "gunicorn-access.log")
                if self.access_log else "/dev/null",
                "CLARITY_ENV_FILE": "/nonexistent.env", "PYTHONUNBUFFERED": "1"}
-        log = open(self.dir / "gunicorn.log", "ab")  # noqa: SIM115 - owned by the process
-        self.gunicorn = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "--config", str(REPO / "gunicorn.conf.py"),
-             "--bind", f"unix:{self.socket}"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.gunicorn = Child("gunicorn", [
+            str(VENV_BIN / "gunicorn"), "--config", str(REPO / "gunicorn.conf.py"),
+            "--bind", f"unix:{self.socket}"], self.dir / "gunicorn.log", env, cwd=REPO).start()
 
     def _start_nginx(self, key: Path):
         site = render_site(
@@ -163,20 +154,18 @@ http {{
                                check=False, capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx -t failed:\n{check.stderr}")
-        log = open(self.dir / "nginx.out", "ab")  # noqa: SIM115 - owned by the process
-        self.nginx = subprocess.Popen(
-            [NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g",
-             directives], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=real_clock_env())
+        self.nginx = Child("nginx", [
+            NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", directives],
+            self.dir / "nginx.out", real_clock_env()).start()
 
     def _wait_ready(self, timeout: float = 30):
         deadline = time.monotonic() + timeout
         last = None
         with self.client() as client:
             while time.monotonic() < deadline:
-                for proc, name in ((self.gunicorn, "gunicorn"), (self.nginx, "nginx")):
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{name} exited:\n{self.logs()}")
+                for child in (self.gunicorn, self.nginx):
+                    if not child.alive:
+                        raise RuntimeError(f"{child.name} exited:\n{self.logs()}")
                 try:
                     if client.get("/api/admin/openapi.json").status_code == 200:
                         return
@@ -194,15 +183,10 @@ http {{
         return "\n".join(out)
 
     def stop(self):
-        for proc, sig in ((self.nginx, signal.SIGQUIT), (self.gunicorn, signal.SIGTERM)):
-            if proc is None or proc.poll() is not None:
-                continue
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(15)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        # nginx: SIGQUIT is its graceful stop; gunicorn's arbiter stops its workers on TERM.
+        for child, sig in ((self.nginx, signal.SIGQUIT), (self.gunicorn, signal.SIGTERM)):
+            if child is not None:
+                child.stop(sig, timeout=15)
 
     def __enter__(self):
         return self.start()

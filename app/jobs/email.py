@@ -10,18 +10,16 @@ CLAIM_TIMEOUT and the email is sent again with the same Message-ID, so clients s
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 
 import sqlalchemy as sa
 from huey.exceptions import CancelExecution
 from sqlalchemy.engine import Engine
 
-from worker.db.engine import dialect_insert, get_engine
-from worker.db.schema import email_log, utcnow
-from worker.handler_settings import get_handler_settings
-from worker.mailer import (
+from app.contracts import email_idempotency_key
+from app.db.engine import dialect_insert, get_engine
+from app.db.schema import email_log, utcnow
+from app.jobs.mailer import (
     PermanentMailError,
     TransientMailError,
     build_message,
@@ -29,6 +27,7 @@ from worker.mailer import (
     message_id_for,
     render,
 )
+from app.jobs.settings import get_handler_settings
 from worker.queues import Priority
 from worker.registry import task
 
@@ -37,17 +36,6 @@ log = logging.getLogger("clarity.tasks.email")
 # A claim older than this belongs to a delivery that died; the job's lease (30 s by
 # default) and SMTP timeouts are far shorter.
 CLAIM_TIMEOUT = dt.timedelta(minutes=10)
-
-
-def email_idempotency_key(payload: dict) -> str:
-    """The payload's `idempotency_key`, else a hash of what would be sent: the same
-    template, recipient and context is the same email."""
-    key = payload.get("idempotency_key")
-    if key:
-        return str(key)[:200]
-    canonical = json.dumps({"t": payload.get("template"), "to": payload.get("to"),
-                            "c": payload.get("context") or {}}, sort_keys=True, default=str)
-    return "content:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def enqueue_email(template: str, to: str, context: dict | None = None, *,

@@ -20,15 +20,11 @@ Each child also gets SIGTERM from the kernel if this process dies (PR_SET_PDEATH
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import importlib.util
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,31 +35,17 @@ from pathlib import Path
 
 import click
 
+from app.devstack.processes import Child, port_in_use, tail
+from app.devstack.redis_server import CONF as DEFAULT_REDIS_CONF
+from app.devstack.redis_server import RedisServer
 from worker.queues import QUEUE_NAMES
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_REDIS_CONF = REPO / "redis" / "redis.conf"
 SECRETS_FILE = "dev-secrets.env"
 STOP_WAIT_SECONDS = 15.0
 
 
 class StackError(click.ClickException):
     """A refusal with the fix in its message."""
-
-
-def _set_pdeathsig():  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
@@ -93,49 +75,7 @@ def write_secrets(state_dir: Path, values: dict[str, str]) -> Path:
 
 
 @dataclass
-class Child:
-    name: str
-    args: list[str]
-    log: Path
-    env: dict[str, str]
-    proc: subprocess.Popen | None = None
-    health_port: int | None = None
-    reported_exit: bool = False
-
-    def start(self) -> Child:
-        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        try:
-            # preexec_fn is safe here: children start before this process has threads.
-            self.proc = subprocess.Popen(self.args, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, cwd=os.getcwd(),
-                                         preexec_fn=_set_pdeathsig)  # noqa: PLW1509
-        finally:
-            out.close()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal_group(self, sig) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
-
-    def wait(self, timeout: float) -> bool:
-        if self.proc is None:
-            return True
-        try:
-            self.proc.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-
-
-@dataclass
-class Stack:
+class LocalStack:
     redis_port: int
     admin_port: int
     health_port_base: int
@@ -145,10 +85,12 @@ class Stack:
     with_admin: bool = True
     echo: callable = click.echo
     children: list[Child] = field(default_factory=list)
-    redis: Child | None = None
+    redis: RedisServer | None = None
     admin: Child | None = None
     workers: dict[str, Child] = field(default_factory=dict)
+    health_ports: dict[str, int] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
+    reported_exits: set[str] = field(default_factory=set)
 
     # -- preflight -----------------------------------------------------------------------
 
@@ -160,9 +102,6 @@ class Stack:
         if not self.redis_conf.is_file():
             raise StackError(f"{self.redis_conf} not found: run `clarity up` from a checkout "
                              "of the repository, or pass --redis-conf")
-        if self.with_admin and importlib.util.find_spec("app.admin") is None:
-            self.with_admin = False
-            self.echo("notice: the admin app (app.admin) is not installed; starting without it")
         wanted = [("Redis", self.redis_port, "--redis-port")]
         if self.with_admin:
             wanted.append(("the admin app", self.admin_port, "--admin-port"))
@@ -201,13 +140,14 @@ class Stack:
         write_secrets(self.state_dir, {**self.secrets, "REDIS_HOST": "127.0.0.1",
                                        "REDIS_PORT": str(self.redis_port)})
         env = self.child_env()
-        self.redis = Child("redis", [
-            "redis-server", str(self.redis_conf), "--port", str(self.redis_port),
-            "--bind", "127.0.0.1", "--dir", str((self.state_dir / "redis").resolve()),
-            "--requirepass", self.secrets["REDIS_PASSWORD"], "--daemonize", "no",
-            "--maxmemory", "256mb", "--logfile", ""], logs / "redis.log", env).start()
-        self.children.append(self.redis)
-        self.wait_for_redis()
+        self.redis = RedisServer(self.state_dir / "redis", self.redis_port,
+                                 self.secrets["REDIS_PASSWORD"], conf=self.redis_conf,
+                                 maxmemory="256mb", save=True)
+        self.redis.log = logs / "redis.log"
+        try:
+            self.redis.start(timeout=20)
+        except RuntimeError as exc:
+            raise StackError(str(exc)) from None
         self.upgrade_database(env, logs / "db-upgrade.log")
         for i, queue in enumerate(QUEUE_NAMES):
             port = self.health_port_base + i
@@ -215,13 +155,14 @@ class Stack:
                 sys.executable, "-m", "app", "worker", "--queue", queue, "--concurrency",
                 str(self.concurrency), "--name", f"local-{queue}"],
                 logs / f"worker-{queue}.log", {**env, "HEALTH_CHECK_PORT": str(port)},
-                health_port=port).start()
+                cwd=Path.cwd()).start()
             self.workers[queue] = worker
+            self.health_ports[queue] = port
             self.children.append(worker)
         if self.with_admin:
             self.admin = Child("admin", [sys.executable, "-m", "app", "admin", "--host",
                                          "127.0.0.1", "--port", str(self.admin_port)],
-                               logs / "admin.log", env).start()
+                               logs / "admin.log", env, cwd=Path.cwd()).start()
             self.children.append(self.admin)
         self.wait_for_workers()
 
@@ -234,7 +175,7 @@ class Stack:
                                     timeout=300)
         if result.returncode != 0:
             raise StackError(f"`clarity db upgrade` failed; see {log_path}:\n"
-                                       f"{_tail(log_path)}")
+                             f"{tail(log_path)}")
 
     def redis_client(self):
         import redis
@@ -243,23 +184,6 @@ class Stack:
                            password=self.secrets["REDIS_PASSWORD"], socket_timeout=2,
                            socket_connect_timeout=2)
 
-    def wait_for_redis(self, timeout: float = 20.0) -> None:
-        import redis
-
-        client = self.redis_client()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.redis.alive:
-                raise StackError(f"redis-server exited at start; see "
-                                 f"{self.redis.log}:\n{_tail(self.redis.log)}")
-            try:
-                if client.ping():
-                    return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                time.sleep(0.05)
-        raise StackError(f"redis-server did not answer within {timeout:.0f}s; see "
-                         f"{self.redis.log}")
-
     def wait_for_workers(self, timeout: float = 60.0) -> None:
         pending = dict(self.workers)
         deadline = time.monotonic() + timeout
@@ -267,8 +191,8 @@ class Stack:
             for queue, worker in list(pending.items()):
                 if not worker.alive:
                     raise StackError(f"the {queue} worker exited at start; see "
-                                     f"{worker.log}:\n{_tail(worker.log)}")
-                if _get_json(f"http://127.0.0.1:{worker.health_port}/health")[0] == 200:
+                                     f"{worker.log}:\n{tail(worker.log)}")
+                if _get_json(f"http://127.0.0.1:{self.health_ports[queue]}/health")[0] == 200:
                     del pending[queue]
             time.sleep(0.1)
         if pending:
@@ -306,9 +230,9 @@ class Stack:
         workers = {}
         for queue, worker in self.workers.items():
             if not worker.alive:
-                workers[queue] = {"state": f"exited {worker.proc.returncode}"}
+                workers[queue] = {"state": f"exited {worker.returncode}"}
                 continue
-            code, status = _get_json(f"http://127.0.0.1:{worker.health_port}/status")
+            code, status = _get_json(f"http://127.0.0.1:{self.health_ports[queue]}/status")
             workers[queue] = ({"state": "up", "processed": status.get("processed", 0),
                                "failed": status.get("failed", 0)}
                               if code == 200 and status else {"state": "starting"})
@@ -318,33 +242,26 @@ class Stack:
         """Workers first (graceful), then the admin, then Redis; nothing left behind."""
         workers = [w for w in self.workers.values() if w.alive]
         for w in workers:
-            w.proc.send_signal(signal.SIGINT)
-        if self.admin and self.admin.alive:
+            w.send_signal(signal.SIGINT)
+        if self.admin is not None:
             self.admin.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT_SECONDS
         for w in workers:
             if not w.wait(max(0.1, deadline - time.monotonic())):
                 self.echo(f"{w.name} did not stop in {STOP_WAIT_SECONDS:.0f}s: SIGTERM")
-                w.signal_group(signal.SIGTERM)
-                if not w.wait(5):
-                    w.signal_group(signal.SIGKILL)
-                    w.wait(5)
+                w.stop(signal.SIGTERM, timeout=5)
             w.signal_group(signal.SIGKILL)  # forked job processes, if any survived
-        if self.admin and not self.admin.wait(5):
-            self.admin.signal_group(signal.SIGKILL)
-            self.admin.wait(5)
-        if self.redis and self.redis.alive:
-            with contextlib.suppress(Exception):
-                self.redis_client().shutdown()
-            if not self.redis.wait(10):
-                self.redis.signal_group(signal.SIGTERM)
-                if not self.redis.wait(5):
-                    self.redis.signal_group(signal.SIGKILL)
-                    self.redis.wait(5)
+        if self.admin is not None:
+            self.admin.stop(signal.SIGTERM, timeout=5)
+        if self.redis is not None:
+            self.redis.stop()  # SIGTERM: Redis saves and exits
         for child in self.children:
-            if child.proc is not None and child.proc.poll() is None:
-                child.signal_group(signal.SIGKILL)
-                child.wait(5)
+            child.stop(signal.SIGKILL)
+
+    def running(self) -> list[str]:
+        """Names of the children still alive."""
+        names = [c.name for c in self.children if c.alive]
+        return names + (["redis"] if self.redis is not None and self.redis.alive else [])
 
 
 def _get_json(url: str, timeout: float = 1.0) -> tuple[int, dict | None]:
@@ -355,13 +272,6 @@ def _get_json(url: str, timeout: float = 1.0) -> tuple[int, dict | None]:
         return exc.code, None
     except (OSError, ValueError):
         return 0, None
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 class Rates:
@@ -454,7 +364,7 @@ def up(redis_port, admin_port, health_port_base, state_dir, concurrency, redis_c
     """
     live = sys.stdout.isatty() if live is None else live
     interval = interval or (1.0 if live else 5.0)
-    stack = Stack(redis_port, admin_port, health_port_base, state_dir.resolve(), concurrency,
+    stack = LocalStack(redis_port, admin_port, health_port_base, state_dir.resolve(), concurrency,
                   redis_conf, with_admin=not no_admin)
     stop = threading.Event()
 
@@ -486,14 +396,14 @@ def up(redis_port, admin_port, health_port_base, state_dir, concurrency, redis_c
         stack.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
-        left = [c.name for c in stack.children if c.proc is not None and c.proc.poll() is None]
+        left = stack.running()
         click.echo("stopped; nothing left running" if not left
                    else f"could not stop: {', '.join(left)}")
     if failure is not None:
         raise failure
 
 
-def print_urls(stack: Stack) -> None:
+def print_urls(stack: LocalStack) -> None:
     s = stack.secrets
     click.echo("")
     if stack.admin is not None:
@@ -501,8 +411,8 @@ def print_urls(stack: Stack) -> None:
                    f"(dev admin key: {s['ADMIN_API_KEY']})")
     else:
         click.echo("  admin         not started")
-    for queue, w in stack.workers.items():
-        click.echo(f"  {queue:<14}http://127.0.0.1:{w.health_port}/health  /status  /metrics")
+    for queue, port in stack.health_ports.items():
+        click.echo(f"  {queue:<14}http://127.0.0.1:{port}/health  /status  /metrics")
     click.echo(f"  redis         redis://127.0.0.1:{stack.redis_port}/0   (password in "
                f"{stack.state_dir / SECRETS_FILE})")
     click.echo(f"  logs          {stack.state_dir / 'logs'}/")
@@ -510,18 +420,18 @@ def print_urls(stack: Stack) -> None:
     click.echo("")
 
 
-def watch(stack: Stack, stop: threading.Event, live: bool, interval: float):
+def watch(stack: LocalStack, stop: threading.Event, live: bool, interval: float):
     """Show queue depths and rates until `stop`; returns a StackError if a child died."""
     rates = Rates()
 
     def check_children():
         if not stack.redis.alive:
-            return StackError(f"redis-server exited ({stack.redis.proc.returncode}); see "
-                              f"{stack.redis.log}:\n{_tail(stack.redis.log)}")
+            return StackError(f"redis-server exited; see {stack.redis.log}:\n"
+                              f"{tail(stack.redis.log)}")
         for child in stack.children:
-            if child is not stack.redis and not child.alive and not child.reported_exit:
-                child.reported_exit = True
-                click.echo(f"warning: {child.name} exited with {child.proc.returncode}; "
+            if not child.alive and child.name not in stack.reported_exits:
+                stack.reported_exits.add(child.name)
+                click.echo(f"warning: {child.name} exited with {child.returncode}; "
                            f"see {child.log}", err=True)
         return None
 

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from huey.exceptions import CancelExecution
 from sqlalchemy.engine import Engine
 
-from worker.db.engine import dialect_insert, get_engine
-from worker.db.schema import notifications, utcnow
-from worker.handler_settings import get_handler_settings
+from app.db.engine import dialect_insert, get_engine
+from app.db.schema import notifications, utcnow
+from app.jobs.settings import get_handler_settings
 from worker.queues import Priority
 from worker.registry import task
 
@@ -76,7 +76,7 @@ def notify(user_id: int, kind: str, title: str, body: str | None, data: dict | N
                            .where(notifications.c.dedupe_key == key)).one()
     emailed = row.emailed
     if email and email.get("to") and not emailed:
-        from worker.tasks.email import enqueue_email
+        from app.jobs.email import enqueue_email
 
         enqueue_email("notification", email["to"],
                       {"name": email.get("name"), "title": title, "body": body or ""},

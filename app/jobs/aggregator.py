@@ -28,7 +28,7 @@ from decimal import Decimal
 
 import httpx
 
-from worker.handler_settings import HandlerSettings, get_handler_settings
+from app.jobs.settings import HandlerSettings, get_handler_settings
 
 log = logging.getLogger("clarity.aggregator")
 

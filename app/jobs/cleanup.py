@@ -1,7 +1,7 @@
 """Database and disk upkeep: prune old logs and events, finished legacy rows, old
 side-effect records and temporary files.
 
-Never two at once: a lease lock in the app database (worker.db.locks), so it holds across
+Never two at once: a lease lock in the app database (app.db.locks), so it holds across
 hosts and even if the periodic tick fired twice. Deletes go in bounded batches so that a
 large backlog never holds a long write lock.
 """
@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from huey import crontab
 from sqlalchemy.engine import Engine
 
-from worker.db.engine import get_engine
-from worker.db.locks import LockHeld, db_lock
-from worker.db.schema import (
+from app.db.engine import get_engine
+from app.db.locks import LockHeld, db_lock
+from app.db.schema import (
     email_log,
     notifications,
     queued_sync,
@@ -29,7 +29,7 @@ from worker.db.schema import (
     utcnow,
     webhook_events,
 )
-from worker.handler_settings import HandlerSettings, get_handler_settings
+from app.jobs.settings import HandlerSettings, get_handler_settings
 from worker.registry import periodic_task, task
 
 log = logging.getLogger("clarity.tasks.cleanup")

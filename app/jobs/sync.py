@@ -11,7 +11,6 @@ before or fully synced.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +22,9 @@ from huey import crontab
 from huey.exceptions import CancelExecution
 from sqlalchemy.engine import Connection, Engine
 
-from worker.aggregator import AggregatorClient, AggregatorRejected, get_client
-from worker.db.engine import dialect_insert, get_engine, upsert
-from worker.db.schema import (
+from app.contracts import SyncType
+from app.db.engine import dialect_insert, get_engine, upsert
+from app.db.schema import (
     holdings,
     linked_accounts,
     portfolio_snapshots,
@@ -34,7 +33,8 @@ from worker.db.schema import (
     transactions,
     utcnow,
 )
-from worker.handler_settings import HandlerSettings, get_handler_settings
+from app.jobs.aggregator import AggregatorClient, AggregatorRejected, get_client
+from app.jobs.settings import HandlerSettings, get_handler_settings
 from worker.queues import Priority
 from worker.registry import periodic_task, task
 
@@ -44,25 +44,6 @@ PROVIDER = "yodlee"
 MONEY_PLACES = Decimal("0.0001")
 QUANTITY_PLACES = Decimal("0.00000001")
 FETCH_THREADS = 2
-
-
-class SyncType(str, enum.Enum):
-    MANUAL = "MANUAL"        # the user pressed "refresh"
-    SCHEDULED = "SCHEDULED"  # data older than SYNC_MAX_AGE_HOURS
-    WEBHOOK = "WEBHOOK"      # the provider says new data is ready
-    INITIAL = "INITIAL"      # first sync after linking: longer transaction history
-
-    @property
-    def priority(self) -> int:
-        return SYNC_PRIORITY[self]
-
-
-SYNC_PRIORITY = {
-    SyncType.MANUAL: Priority.HIGH,
-    SyncType.SCHEDULED: Priority.NORMAL,
-    SyncType.WEBHOOK: Priority.CRITICAL,
-    SyncType.INITIAL: Priority.HIGH,
-}
 
 
 @dataclass

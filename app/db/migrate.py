@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from worker.db.engine import get_engine
+from app.db.engine import get_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from worker.handler_settings import HandlerSettings, get_handler_settings
+from app.jobs.settings import HandlerSettings, get_handler_settings
 
 log = logging.getLogger("clarity.db")
 

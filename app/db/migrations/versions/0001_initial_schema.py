@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-# Types frozen here rather than imported from worker.db.schema: a migration must keep
+# Types frozen here rather than imported from app.db.schema: a migration must keep
 # creating what it created the day it was written.
 TIMESTAMP = sa.DateTime(timezone=True)  # UTC; schema.UTCDateTime adds the conversion
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")

@@ -16,10 +16,8 @@ import hmac
 import time
 from collections.abc import Mapping
 
-from worker.handler_settings import HandlerSettings, get_handler_settings
-
-TIMESTAMP_HEADER = "X-Clarity-Timestamp"
-SIGNATURE_HEADER = "X-Clarity-Signature"
+from app.contracts import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from app.jobs.settings import HandlerSettings, get_handler_settings
 
 
 class WebhookRejected(Exception):
