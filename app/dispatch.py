@@ -1,4 +1,5 @@
-"""Every producer's enqueue: route, then queue through the breaker, or the legacy table.
+"""The permanent producer path, under every `QueueService` enqueue: route, then queue
+through the circuit breaker, or the legacy table.
 
 Exactly once across the two paths. Each job gets its id and an idempotency key *before*
 anything is sent (the caller's key, or `job:<id>`). Then:
@@ -28,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 from redis import exceptions
@@ -162,17 +163,17 @@ class Dispatcher:
         prepared = []
         for job in jobs:
             req = job.request
-            checked = validate(req)  # (queue, task or spec, payload, priority, eta)
-            priority, eta = checked[3], checked[4]
+            checked = validate(req)
             job_id = req.job_id or uuid.uuid4().hex
             key = req.idempotency_key or f"job:{job_id}"
-            prepared.append((job, JobRequest(req.queue, req.task, req.payload, priority,
-                                              req.delay, req.scheduled_at, key, job_id), eta,
+            fixed = replace(req, priority=checked.priority, idempotency_key=key, job_id=job_id)
+            prepared.append((job, replace(checked, request=fixed), checked.eta,
                              req.idempotency_key is not None))
         # 2. Route.
         results: list[Submitted | None] = [None] * len(prepared)
         to_queue, to_legacy = [], []
-        for i, (job, req, _eta, _own_key) in enumerate(prepared):
+        for i, (job, checked, _eta, _own_key) in enumerate(prepared):
+            req = checked.request
             route = self.router.decide(req.queue, req.task, int(req.priority), job.user_id,
                                        req.job_id, job.sync_type)
             (to_queue if route.target == QUEUE else to_legacy).append((i, route.reason))
@@ -218,7 +219,8 @@ class Dispatcher:
     def _write(self, prepared, items, origin, results):
         rows = []
         for i, _reason in items:
-            _job, req, eta, own_key = prepared[i]
+            _job, checked, eta, own_key = prepared[i]
+            req = checked.request
             row_origin = origin
             if origin == Origin.FALLBACK and own_key:
                 # The caller's key may have been used before, by a job that is in Redis:

@@ -13,9 +13,17 @@ import time
 import redis
 
 from worker.messages import peek_job
-from worker.queues import PRIORITY_BAND, QUEUE_NAMES, JobState, Priority, QueueKeys, check_queue
+from worker.queues import (
+    QUEUE_NAMES,
+    JobState,
+    Priority,
+    QueueKeys,
+    check_queue,
+    priority_band,
+    score_priority,
+)
 from worker.settings import Settings, get_settings
-from worker.storage import ReliableRedisStorage, score_priority
+from worker.storage import ReliableRedisStorage
 
 NAMED_PRIORITIES = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW]
 CLEARABLE_STATES = ("waiting", "delayed", "failed")
@@ -68,8 +76,8 @@ class QueueManager:
     def _queue_commands(self, pipe, queue: str):
         k = self.keys(queue)
         for p in NAMED_PRIORITIES:
-            low = (10 - int(p)) * PRIORITY_BAND
-            pipe.zcount(k.waiting, low, f"({low + PRIORITY_BAND}")
+            low, high = priority_band(p)
+            pipe.zcount(k.waiting, low, f"({high}")
         pipe.zcard(k.waiting)
         pipe.zcard(k.delayed)
         pipe.zcard(k.active)

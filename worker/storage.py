@@ -5,11 +5,12 @@ worker killed mid-job loses the job. Here every job is a hash (`job:<id>`) and i
 the sorted set that holds its id:
 
     waiting   score = (10 - priority) * 1e14 + sequence  -> ZPOPMIN gives priority, then FIFO
+              (queues.waiting_score; the Lua prelude has the same formula)
     delayed   score = due time (ms)
     active    score = lease deadline (ms); the job hash names the holder and the lease token
     failed    score = last failure time (ms)
 
-Every transition is one Lua script (see worker/lua/), so a crash between two steps cannot
+Every transition is one Lua script (worker/lua/, loaded by worker/scripts.py), so a crash between two steps cannot
 lose or duplicate a job. Redis' own clock (TIME) scores leases, so hosts with skewed clocks
 agree on when a lease has expired.
 """
@@ -21,20 +22,16 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from importlib import resources
 
 from huey.storage import PriorityRedisStorage
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker import scripts
 from worker.messages import peek_job
-from worker.queues import PRIORITY_BAND, Priority, QueueKeys
+from worker.queues import Priority, QueueKeys
 
 IDEMPOTENCY_TTL = 7 * 24 * 3600
 PAUSED = object()
-
-
-def _script(name: str) -> str:
-    return resources.files("worker.lua").joinpath(f"{name}.lua").read_text()
 
 
 @dataclass
@@ -94,13 +91,13 @@ class ReliableRedisStorage(PriorityRedisStorage):
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
         reg = self.conn.register_script
-        self._enqueue = reg(_script("enqueue"))
-        self._lease = reg(_script("lease"))
-        self._renew = reg(_script("renew"))
-        self._reap = reg(_script("reap"))
-        self._promote = reg(_script("promote"))
-        self._move_failed = reg(_script("move_failed"))
-        self._remove = reg(_script("remove"))
+        self._enqueue = reg(scripts.source("enqueue"))
+        self._lease = reg(scripts.source("lease"))
+        self._renew = reg(scripts.source("renew"))
+        self._reap = reg(scripts.source("reap"))
+        self._promote = reg(scripts.source("promote"))
+        self._move_failed = reg(scripts.source("move_failed"))
+        self._remove = reg(scripts.source("remove"))
 
     # -- enqueue -------------------------------------------------------------------------
 
@@ -340,7 +337,3 @@ class ReliableRedisStorage(PriorityRedisStorage):
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def score_priority(score: float) -> int:
-    return 10 - int(score // PRIORITY_BAND)

@@ -55,7 +55,7 @@ for i = 0, n - 1 do
           'enq', now, 'task', task)
       end
     else
-      local score = (10 - prio) * 100000000000000 + seq
+      local score = waiting_score(prio, seq)
       if state then redis.call('ZREM', KEYS[2], id) end
       redis.call('ZADD', KEYS[1], score, id)
       if state then
@@ -71,12 +71,5 @@ for i = 0, n - 1 do
     out[#out + 1] = id
   end
 end
-if woken > 0 then
-  -- Wake tokens, capped: idle consumers block on this list instead of polling.
-  local tokens = {}
-  for t = 1, math.min(woken, 64) do tokens[t] = 1 end
-  if redis.call('RPUSH', KEYS[4], unpack(tokens)) > 256 then
-    redis.call('LTRIM', KEYS[4], -256, -1)
-  end
-end
+wake(KEYS[4], woken)
 return out

@@ -13,8 +13,7 @@
 --       then groups of 8: op, id, lease, reason, error_type, error, traceback, attempts
 -- Returns {settled, status, leases...}: status -1 paused, else the number leased, each as
 -- id, message, deliveries, ready_ms, enqueued_ms.
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local now = now_ms()
 local prefix = ARGV[1]
 local settled, woken = 0, 0
 for i = 5, #ARGV, 8 do
@@ -42,9 +41,7 @@ for i = 5, #ARGV, 8 do
     end
   end
 end
-if woken > 0 then
-  for _ = 1, math.min(woken, 64) do redis.call('RPUSH', KEYS[4], 1) end
-end
+wake(KEYS[4], woken)
 
 local count = tonumber(ARGV[2])
 if count == 0 then

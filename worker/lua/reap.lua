@@ -3,8 +3,7 @@
 -- KEYS: active, waiting, failed, wake
 -- ARGV: max_deliveries, limit, job key prefix
 -- Returns {requeued, abandoned}.
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local requeued, abandoned = 0, 0
 for _, id in ipairs(expired) do
@@ -26,9 +25,9 @@ for _, id in ipairs(expired) do
       redis.call('ZADD', KEYS[2], tonumber(meta[2]), id)
       redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'redelivered', 1)
       redis.call('HDEL', job, 'lease', 'consumer')
-      redis.call('RPUSH', KEYS[4], 1)
       requeued = requeued + 1
     end
   end
 end
+wake(KEYS[4], requeued)
 return {requeued, abandoned}

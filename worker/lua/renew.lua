@@ -2,8 +2,7 @@
 -- KEYS: active
 -- ARGV: lease_ms, job key prefix, then pairs of (id, lease)
 -- Returns the ids whose lease was lost (reaped and given to another consumer).
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local now = now_ms()
 local deadline = now + tonumber(ARGV[1])
 local lost = {}
 for i = 3, #ARGV, 2 do
