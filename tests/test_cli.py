@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from app.devstack.redis_server import REPO
+from app.devstack import REPO
 from worker.hueys import get_huey
 
 

@@ -134,12 +134,10 @@ class ClarityWorker(Worker):
 
     def settle_job(self, task) -> str:
         events, exc = task.outcomes, task.exception
-        storage = self.huey.storage
         if S.SIGNAL_INTERRUPTED in events:
             return self.handle_job_interrupted(task)
         if S.SIGNAL_RETRYING in events or S.SIGNAL_SCHEDULED in events:
-            storage.forget(task.lease)
-            return "retried" if S.SIGNAL_RETRYING in events else "scheduled"
+            return self.handle_job_retry(task, events)
         if exc is not None or S.SIGNAL_ERROR in events:
             return self.handle_job_failure(task, exc)
         return self.handle_job_success(task, events)
@@ -149,6 +147,12 @@ class ClarityWorker(Worker):
         if S.SIGNAL_EXPIRED in events:
             return "expired"
         return "completed"
+
+    def handle_job_retry(self, task, events) -> str:
+        # Huey re-enqueued the task (a retry, or rescheduled); the enqueue script ended the
+        # lease in the same step, so there is nothing to settle.
+        self.huey.storage.forget(task.lease)
+        return "retried" if S.SIGNAL_RETRYING in events else "scheduled"
 
     def handle_job_failure(self, task, exc) -> str:
         reason = "canceled" if isinstance(exc, CancelExecution) else "error"

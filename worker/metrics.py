@@ -74,7 +74,7 @@ def _remove_at_exit(path: str) -> None:
 
 
 class JobMetrics:
-    """Metric objects updated from the job listeners (any process of this worker)."""
+    """Metric objects following the runtime's events (in any process of this worker)."""
 
     def __init__(self, registry):
         from prometheus_client import Counter, Gauge, Histogram

@@ -6,7 +6,7 @@ are `Numeric`. Every table a handler writes has a natural unique key, so that a 
 re-run after a redelivery updates rows instead of adding them.
 
 The Alembic migrations in `app/db/migrations/versions/` create these tables; change
-both together (`tests/handlers/test_db.py` checks that they agree).
+both together (`tests/handlers/test_cleanup_and_db.py` checks that they agree).
 """
 
 from __future__ import annotations

@@ -12,7 +12,11 @@ Faults are queued per path with `fail(path, kind, times=1)`: "429" (with Retry-A
 "400" (a provider rejection), "expire" (the caller's token dies now). Data per user is
 generated deterministically by `DataSet` and can be changed between syncs.
 
-Only ever listens on 127.0.0.1.
+Tests use it in-process (`FakeAggregator().start()`, on 127.0.0.1). The fleet's end-to-end
+test runs it on a host as a server of its own, answering for any user:
+
+    python -m app.devstack.fake_aggregator --host 0.0.0.0 --port 8900 \
+        --client-id ID --client-secret SECRET
 """
 
 from __future__ import annotations
@@ -83,7 +87,12 @@ class _Encoder(json.JSONEncoder):
 
 class FakeAggregator:
     def __init__(self, token_ttl: float = 1800.0, token_max_uses: int | None = None,
-                 latency: float = 0.0):
+                 latency: float = 0.0, *, host: str = "127.0.0.1", port: int = 0,
+                 client_id: str = CLIENT_ID, client_secret: str = CLIENT_SECRET,
+                 any_user: bool = False):
+        self.host, self.port = host, port
+        self.client_id, self.client_secret = client_id, client_secret
+        self.any_user = any_user  # answer every login with its generated DataSet
         self.token_ttl = token_ttl
         self.token_max_uses = token_max_uses
         self.latency = latency
@@ -105,7 +114,7 @@ class FakeAggregator:
         class Handler(_Handler):
             aggregator = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
@@ -167,6 +176,8 @@ class FakeAggregator:
         if login is None or fault == "expire":
             return 401, {}, _error("Y008", "Invalid token in authorization header")
         data = self.users.get(login)
+        if data is None and self.any_user:
+            data = self.add_user(login)
         if data is None:
             return 404, {}, _error("Y807", f"Resource not found: user {login}")
         if fault == "malformed":
@@ -192,7 +203,7 @@ class FakeAggregator:
 
     def _issue_token(self, headers, body: bytes):
         form = parse_qs(body.decode())
-        if _one(form, "clientId") != CLIENT_ID or _one(form, "secret") != CLIENT_SECRET:
+        if _one(form, "clientId") != self.client_id or _one(form, "secret") != self.client_secret:
             return 401, {}, _error("Y016", "Invalid client credentials")
         login = headers.get("loginName")
         if not login:
@@ -261,3 +272,28 @@ def _json(body) -> bytes:
 
 def _error(code: str, message: str) -> bytes:
     return _json({"errorCode": code, "errorMessage": message, "referenceCode": "ref-test"})
+
+
+def main(argv=None) -> None:
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="A fake aggregator (Yodlee-style API) that "
+                                     "answers every user with generated, deterministic data.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--client-id", default=CLIENT_ID)
+    parser.add_argument("--client-secret", default=CLIENT_SECRET)
+    args = parser.parse_args(argv)
+    fake = FakeAggregator(host=args.host, port=args.port, client_id=args.client_id,
+                          client_secret=args.client_secret, any_user=True).start()
+    print(f"fake aggregator on {fake.url}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -8,8 +8,7 @@ import shutil
 
 import pytest
 
-from app.devstack.redis_server import real_clock_env
-from app.devstack.web import free_port
+from app.devstack.processes import free_port, real_clock_env
 from tests.admin.helpers import ADMIN, ADMIN_KEY
 from tests.helpers import WorkerProcess, clarity_env, wait_for
 

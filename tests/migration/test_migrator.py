@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from app.cli import main
 from app.db.engine import get_engine
 from app.db.schema import queued_sync, utcnow
-from app.devstack.redis_server import REPO
+from app.devstack import REPO
 from app.migration.legacy import LegacyStore, Status
 from app.migration.migrator import Migrator
 from tests.helpers import clarity_env, wait_for

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from app.devstack.redis_server import REPO
+from app.devstack import REPO
 from tests.helpers import clarity_env, wait_for
 from worker.management import QueueManager
 from worker.queues import QUEUE_NAMES
@@ -63,7 +63,7 @@ def test_doctor_flags_a_redis_without_password_or_renames(tmp_path, prefix):
     import shutil
     import subprocess as sp
 
-    from app.devstack.redis_server import free_port, real_clock_env
+    from app.devstack.processes import free_port, real_clock_env
 
     assert shutil.which("redis-server")
     port = free_port()
@@ -86,7 +86,7 @@ def test_doctor_flags_a_redis_without_password_or_renames(tmp_path, prefix):
 
 def test_doctor_says_how_to_fix_an_unreachable_redis_or_a_wrong_password(redis_server,
                                                                         prefix):
-    from app.devstack.redis_server import free_port
+    from app.devstack.processes import free_port
 
     nowhere = Target({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()),
                       "REDIS_DB": "0"})

@@ -13,7 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from app.devstack.redis_server import REPO, free_port
+from app.devstack import REPO
+from app.devstack.processes import free_port
 from tests.helpers import RUN_MARKER
 from tests.observability.helpers import scrape, value
 

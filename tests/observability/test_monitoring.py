@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from app.devstack.redis_server import REPO
+from app.devstack import REPO
 
 MONITORING = REPO / "monitoring"
 PROMTOOL = shutil.which("promtool")

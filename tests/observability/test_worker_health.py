@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.devstack.redis_server import free_port
+from app.devstack.processes import free_port
 from tests.helpers import recorded, wait_for
 from tests.observability.helpers import get_json, has, scrape, value
 from worker.management import QueueManager
