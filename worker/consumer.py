@@ -31,7 +31,12 @@ from huey import signals as S
 from huey.constants import WORKER_PROCESS, WORKER_THREAD
 from huey.consumer import BaseProcess, Consumer, Worker
 from huey.exceptions import CancelExecution
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+)
 
 from worker import __version__
 from worker.events import ActiveJob, RuntimeEvents
@@ -55,6 +60,7 @@ class RuntimeState:
     failed: int = 0
     retried: int = 0
     consumer_alive: float = field(default_factory=time.monotonic)
+    waiting_for_redis: str | None = None  # why, while the worker waits for Redis at start
     active: dict[str, ActiveJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -394,8 +400,43 @@ class ClarityRunner:
                  self.state.name, ",".join(self.state.queues), self.state.concurrency,
                  os.getpid(), __version__, self.settings.redis_display())
 
+    def wait_for_redis(self, max_delay: float = 15.0) -> bool:
+        """Until Redis answers: True; False if told to stop meanwhile.
+
+        A worker that starts before Redis (a rack power cycle, where Redis loads its AOF
+        slower than the workers boot) waits here with backoff instead of exiting, so a
+        start limit never leaves it failed; /health answers 503 with the reason meanwhile.
+        A refused password is a configuration error: it raises at once."""
+        conn = self.consumers[0].huey.storage.conn
+        delay = 0.5
+        while self._signal is None:
+            try:
+                conn.ping()
+            except (AuthenticationError, AuthorizationError, NoPermissionError):
+                raise
+            except (RedisError, OSError) as exc:
+                self.state.waiting_for_redis = f"{type(exc).__name__}: {exc}"
+                log.warning("Redis at %s does not answer (%s); worker %s waits, next try in "
+                            "%.1fs", self.settings.redis_display(),
+                            self.state.waiting_for_redis, self.state.name, delay)
+                deadline = time.monotonic() + delay
+                while self._signal is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    self.state.consumer_alive = time.monotonic()
+                delay = min(max_delay, delay * 2)
+                continue
+            if self.state.waiting_for_redis is not None:
+                log.info("Redis at %s answers; worker %s starts", self.settings.redis_display(),
+                         self.state.name)
+            self.state.waiting_for_redis = None
+            return True
+        return False
+
     def run(self) -> int:
         self.install_signals()
+        if not self.wait_for_redis():
+            log.info("worker %s stopped before Redis answered", self.state.name)
+            return 0
         self.start()
         next_health = time.monotonic() + 5
         while self._signal is None and not self.stopped.is_set():

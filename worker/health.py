@@ -109,6 +109,9 @@ class HealthService:
         age = time.monotonic() - self.state.consumer_alive
         if self.stopping():
             checks["consumer"] = {"ok": False, "reason": "worker is stopping"}
+        elif self.state.waiting_for_redis is not None:
+            checks["consumer"] = {"ok": False, "reason": "waiting for Redis before starting "
+                                  f"({self.state.waiting_for_redis})"}
         elif age > LOOP_STALE_SECONDS:
             checks["consumer"] = {"ok": False, "reason": f"consumer loop has not ticked for "
                                   f"{age:.1f}s (stuck or dead)"}

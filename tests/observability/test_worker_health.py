@@ -132,3 +132,24 @@ def test_health_port_follows_the_queue_unless_set(env):
         == [9101, 9102, 9103, 9104, 9105]
     assert health_port(load_settings(health_check_port=0), ["sync"]) == 0
     assert health_port(load_settings(health_check_port=9300), ["sync"]) == 9300
+
+
+def test_worker_started_before_redis_waits_then_runs_jobs_without_a_restart(
+        configure, redis_factory, workers):
+    # A rack power cycle: the workers boot before Redis has loaded its data.
+    server = configure(redis_factory("late", start=False))
+    port = free_port()
+    worker = workers(server=server, health_check_port=port, health_check_host="127.0.0.1")
+    code, doc = wait_for(lambda: (r := get_json(_url(port, "/health")))[1] is not None and r,
+                         message="the health server answering while Redis is down")
+    assert code == 503
+    assert "waiting for Redis" in doc["reason"]
+    wait_for(lambda: worker.proc.poll() is None and "waits, next try" in
+             (worker.child.log.read_text()), message="the worker logging that it waits")
+    assert worker.proc.poll() is None  # still running: nothing for a start limit to count
+
+    server.start()
+    wait_for(lambda: _healthy(port), timeout=30, message="healthy once Redis answers")
+    enqueue("sync", "record", {"n": "after"})
+    wait_for(lambda: recorded("done") == ["after"], message="a job run by the same process")
+    assert worker.proc.poll() is None
