@@ -61,3 +61,11 @@ def pid_task(payload: dict):
 def stamp(payload: dict):
     """Records when it started, to check that delayed jobs never run early."""
     record("stamps", f"{payload['n']}:{time.time():.4f}")
+
+
+@task(QUEUE_NAMES, name="sleepy", timeout=1.0, retries=1, retry_delay=0.2, retry_max_delay=0.2)
+def sleepy(payload: dict):
+    """Sleeps payload['sleep'] seconds: past its 1 s timeout unless told otherwise."""
+    record("started", payload.get("n", ""))
+    time.sleep(float(payload.get("sleep", 3)))
+    record("done", payload.get("n", ""))
