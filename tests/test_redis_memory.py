@@ -41,6 +41,9 @@ def test_failed_jobs_are_pruned_by_age_then_by_count(env):
     day_ms = 86400 * 1000
     # Pretend the first three failed 40 days ago (by Redis' clock, as the set is scored).
     redis_client().zadd(failed_key, {i: (seconds * 1000) - 40 * day_ms for i in old}, xx=True)
+    # ...and the recent ones a second apart, oldest first (the same millisecond would tie).
+    redis_client().zadd(failed_key, {job_id: (seconds - 10 + n) * 1000
+                                     for n, job_id in enumerate(recent)}, xx=True)
     removed = manager.prune_failed("sync", max_age_seconds=30 * 86400, max_count=4)
     assert removed == {"age": 3, "count": 1}
     left = {j["id"] for j in manager.list_failed("sync", limit=50)["jobs"]}

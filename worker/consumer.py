@@ -315,6 +315,9 @@ class LeaseKeeper:
             cls._instances.clear()
         for keeper in keepers:
             keeper.stopped.set()
+        for keeper in keepers:
+            if keeper.thread is not threading.current_thread():
+                keeper.thread.join(10)  # a heartbeat in flight must not land after sign-off
             keeper.sign_off()
 
     @property
