@@ -44,8 +44,9 @@ class Doctor:
         self.queues = list(queues) if queues else None
         self.check_workers = check_workers
         self.where = settings.redis_display()
-        self.client = redis.Redis.from_url(settings.redis_connection_url(), socket_timeout=3,
-                                           socket_connect_timeout=3)
+        from worker import connections
+
+        self.client = redis.Redis(connection_pool=connections.connection_pool(settings, 3.0))
         # COMMAND INFO answers nil for unknown (renamed) commands; redis-py's parser
         # cannot take that, so read the raw reply.
         self.client.set_response_callback("COMMAND", lambda response, **kw: response)
@@ -56,6 +57,7 @@ class Doctor:
 
     def run(self) -> list[Check]:
         if self.check_connection():
+            self.check_topology()
             self.check_auth()
             self.check_memory()
             self.check_persistence()
@@ -98,11 +100,30 @@ class Doctor:
         self.add("reachability", "ok", f"{self.where} answers PING ({rtt:.1f} ms)")
         return True
 
+    def check_topology(self):
+        from worker import connections
+
+        where = connections.topology(self.settings)
+        self.primary = where["primary"]
+        if where["mode"] == "single":
+            self.add("topology", "ok", f"one Redis at {where['primary']} (no Sentinel)")
+            return
+        replicas = where["replicas"]
+        status = "ok" if replicas else "warn"
+        self.add("topology", status, f"Sentinel {where['master']}: primary {where['primary']}, "
+                 f"replicas {', '.join(replicas) or 'none'}; sentinels "
+                 f"{', '.join(where['sentinels'])}",
+                 "" if replicas else "no replica: a failover has nothing to promote, and an "
+                 "enqueue waiting for a replica (REDIS_WAIT_REPLICAS) fails; start one")
+
     def check_auth(self):
         import redis
         from redis.exceptions import RedisError
 
-        kwargs = self.client.connection_pool.connection_kwargs
+        kwargs = dict(self.client.connection_pool.connection_kwargs)
+        if self.settings.redis_target().sentinels:
+            host, _, port = self.primary.rpartition(":")
+            kwargs.update(host=host, port=int(port))
         if "path" in kwargs:
             anonymous = redis.Redis(unix_socket_path=kwargs["path"], socket_timeout=3)
         else:

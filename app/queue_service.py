@@ -53,7 +53,7 @@ def _engine():
 
 
 def _dispatcher(settings: Settings, migration: MigrationSettings) -> Dispatcher:
-    from worker.hueys import redis_client
+    from worker.connections import redis_client
 
     key = (settings.redis_connection_url(), settings.redis_key_prefix,
            migration.model_dump_json())

@@ -53,7 +53,7 @@ def load(server: RedisServer, waiting: int, failed: int) -> dict:
     """Fill Redis through the real producer (enqueue_many) and the real storage (lease, then
     settle as failed), the same paths production uses."""
     os.environ.update(app_env(server))
-    from worker import hueys
+    from worker import connections, hueys
     from worker.management import QueueManager
     from worker.producer import JobRequest, enqueue_many
     from worker.settings import get_settings, reset_settings_cache
@@ -64,7 +64,7 @@ def load(server: RedisServer, waiting: int, failed: int) -> dict:
     settings = get_settings()
     started = time.perf_counter()
     per_queue_failed = failed // len(QUEUES)
-    pool = hueys.connection_pool(settings)
+    pool = connections.connection_pool(settings)
     for queue in QUEUES:
         batch = [JobRequest(queue, "ping", {"echo": f"f{i}", "note": "x" * 60})
                  for i in range(per_queue_failed)]
@@ -92,7 +92,7 @@ def load(server: RedisServer, waiting: int, failed: int) -> dict:
                      settings=settings, chunk_size=1000)
     waiting_s = time.perf_counter() - started
     counts = QueueManager(settings).counts_all()
-    info = hueys.redis_client(settings).info("memory")
+    info = connections.redis_client(settings).info("memory")
     return {"failed_load_s": round(failed_s, 1), "waiting_load_s": round(waiting_s, 1),
             "waiting": sum(c["waiting"] for c in counts.values()),
             "failed": sum(c["failed"] for c in counts.values()),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from app.devstack import REPO
 from app.devstack.processes import Child
-from worker.hueys import redis_client
+from worker.connections import redis_client
 from worker.settings import get_settings
 
 SECRET = "test-signing-secret-0123456789abcdef"

@@ -314,7 +314,7 @@ def test_run_now_runs_a_delayed_job_now(env, workers):
     job = enqueue("sync", "record", {"n": "promoted"}, delay=3600)
     assert QueueManager().promote("sync", job.id)
     wait_for(lambda: recorded("done") == ["promoted"], message="the promoted job to run")
-    assert job_state(job.id) is None
+    wait_for(lambda: job_state(job.id) is None, message="the promoted job acknowledged")
     assert_invariants()
 
 

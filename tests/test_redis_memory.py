@@ -4,7 +4,7 @@ matter; failed jobs pruned by age and count."""
 from __future__ import annotations
 
 from tests.admin.helpers import make_failed
-from worker.hueys import redis_client
+from worker.connections import redis_client
 from worker.management import QueueManager
 from worker.producer import enqueue
 from worker.settings import get_settings

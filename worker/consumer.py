@@ -456,7 +456,8 @@ class ClarityRunner:
                              "serve several queues with threads)")
         self.settings = settings
         self.processes = processes
-        self.state = RuntimeState(name=name, queues=list(queues), concurrency=concurrency)
+        self.state = RuntimeState(name=name, queues=list(queues), concurrency=concurrency,
+                                  waiting_for_redis="not connected yet")
         self.events = events or RuntimeEvents()
         self.events.subscribe(self.state)
         self.consumer_id = f"{name}:{os.getpid()}"

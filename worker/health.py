@@ -32,10 +32,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import redis
 from redis.exceptions import RedisError
 
-from worker import __version__
+from worker import __version__, connections
 from worker.queues import QUEUE_NAMES
 
 log = logging.getLogger("clarity.health")
@@ -60,10 +59,12 @@ class RedisProbe:
     def __init__(self, settings):
         from worker.management import QueueManager
 
-        self.client = redis.Redis.from_url(
-            settings.redis_connection_url(), socket_timeout=REDIS_PROBE_TIMEOUT,
-            socket_connect_timeout=REDIS_PROBE_TIMEOUT, max_connections=8)
+        self.settings = settings
+        self.client = connections.redis_client(settings, timeout=REDIS_PROBE_TIMEOUT)
         self.manager = QueueManager(settings, client=self.client)
+        self.sentinel = bool(settings.redis_target().sentinels)
+        self._topology: dict | None = None
+        self._topology_at = 0.0
         self.display = settings.redis_display()
         self.last_error: str | None = None
         self.last_rtt: float | None = None
@@ -80,6 +81,18 @@ class RedisProbe:
         self.last_rtt = time.perf_counter() - start
         self.last_error = None
         return self.last_rtt
+
+    def topology(self) -> dict | None:
+        """Where Redis is (the primary and replicas Sentinel names), re-read every 5 s."""
+        if time.monotonic() - self._topology_at < 5.0:
+            return self._topology
+        self._topology_at = time.monotonic()
+        try:
+            self._topology = connections.topology(self.settings)
+        except (RedisError, OSError) as exc:
+            self._topology = {"mode": "sentinel" if self.sentinel else "single",
+                              "error": f"{type(exc).__name__}: {exc}"}
+        return self._topology
 
     def counts(self) -> dict | None:
         try:
@@ -132,6 +145,8 @@ class HealthService:
                                f"answer PING: {self.probe.last_error}"}
         else:
             checks["redis"] = {"ok": True, "roundtripMs": round(rtt * 1000, 3)}
+            if self.probe.sentinel:
+                checks["redis"]["topology"] = self.probe.topology()
         failing = [name for name, check in checks.items() if not check["ok"]]
         doc = {"status": "ok" if not failing else "unhealthy", "worker": self.state.name,
                "queues": self.queues, "checks": checks}
@@ -168,7 +183,8 @@ class HealthService:
         doc.update(processed=processed, failed=failed, retried=retried)
         rtt = self.probe.ping()
         doc["redis"] = {"url": self.probe.display, "up": rtt is not None,
-                        "roundtripMs": round(rtt * 1000, 3) if rtt is not None else None}
+                        "roundtripMs": round(rtt * 1000, 3) if rtt is not None else None,
+                        "topology": self.probe.topology()}
         if rtt is None:
             doc["redis"]["error"] = self.probe.last_error
         return doc

@@ -16,6 +16,7 @@ from huey import signals as S
 from huey.api import Task
 from huey.registry import Registry
 
+from worker import connections
 from worker.messages import BadMessage, BadSignature, SignedJSONSerializer, peek_job
 from worker.queues import Priority, check_queue
 from worker.registry import TaskSpec, load_task_modules, specs_for
@@ -73,7 +74,8 @@ class ClarityHuey(Huey):
                                             settings.previous_signing_secrets),
             storage_class=ReliableRedisStorage, connection_pool=pool,
             prefix=settings.redis_key_prefix, consumer_id=consumer_id,
-            lease_seconds=settings.lease_seconds, max_deliveries=settings.max_deliveries)
+            lease_seconds=settings.lease_seconds, max_deliveries=settings.max_deliveries,
+            wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms)
         self._registry = ShortNameRegistry()
         self.signal(*OUTCOME_SIGNALS)(_note_outcome)
         self.post_execute("clarity-outcome")(_note_exception)
@@ -257,26 +259,8 @@ def eta_ms(eta: dt.datetime | None) -> int:
     return max(int(eta.timestamp() * 1000), 1)
 
 
-_pools: dict[str, redis.ConnectionPool] = {}
 _hueys: dict[tuple[str, str | None, str], ClarityHuey] = {}
 _lock = threading.Lock()
-
-
-def connection_pool(settings: Settings) -> redis.ConnectionPool:
-    url = settings.redis_connection_url()
-    with _lock:
-        pool = _pools.get(url)
-        if pool is None:
-            pool = redis.ConnectionPool.from_url(
-                url, socket_timeout=settings.redis_socket_timeout + 2,
-                socket_connect_timeout=settings.redis_socket_timeout,
-                max_connections=512)
-            _pools[url] = pool
-        return pool
-
-
-def redis_client(settings: Settings | None = None) -> redis.Redis:
-    return redis.Redis(connection_pool=connection_pool(settings or get_settings()))
 
 
 def get_huey(queue: str, settings: Settings | None = None,
@@ -288,7 +272,7 @@ def get_huey(queue: str, settings: Settings | None = None,
         huey = _hueys.get(key)
     if huey is None:
         load_task_modules(settings.task_modules)
-        huey = ClarityHuey(queue, settings, connection_pool(settings), consumer_id)
+        huey = ClarityHuey(queue, settings, connections.connection_pool(settings), consumer_id)
         with _lock:
             huey = _hueys.setdefault(key, huey)
     return huey
@@ -298,6 +282,4 @@ def reset_caches() -> None:
     """Forget cached instances and pools (tests, and after changing settings)."""
     with _lock:
         _hueys.clear()
-        for pool in _pools.values():
-            pool.disconnect()
-        _pools.clear()
+    connections.reset()

@@ -74,7 +74,7 @@ class QueueManager:
     """Operator's view of the queues. Thread-safe; one per process is enough."""
 
     def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None):
-        from worker.hueys import redis_client
+        from worker.connections import redis_client
 
         self.settings = settings or get_settings()
         self.redis = client or redis_client(self.settings)

@@ -186,6 +186,18 @@ class ScrapeCollector:
             counts = self.probe.counts()
             if counts is not None:
                 yield from self._queue_families(counts)
+            where = self.probe.topology()
+            if where and "primary" in where:
+                primary = GaugeMetricFamily("clarity_redis_primary", "1 for the Redis primary "
+                                            "this worker uses (Sentinel's answer, or the one "
+                                            "configured host)", labels=["address", "mode"])
+                primary.add_metric([where["primary"], where["mode"]], 1.0)
+                yield primary
+                if where["mode"] == "sentinel":
+                    replicas = GaugeMetricFamily("clarity_redis_replicas", "Replicas Sentinel "
+                                                 "knows for the primary")
+                    replicas.add_metric([], len(where.get("replicas", [])))
+                    yield replicas
 
         stamp = read_backup_timestamp(self.backup_file)
         if stamp is not None:

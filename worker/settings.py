@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from pydantic import (
     Field,
@@ -56,6 +57,15 @@ class Settings(ClarityBaseSettings):
     redis_db: int = Field(default=0, ge=0, le=15)
     redis_socket_timeout: float = Field(default=5.0, gt=0)
     redis_key_prefix: str = Field(default="clarity", pattern=r"^[A-Za-z0-9_.-]+$")
+    # Redis Sentinel (instead of one host): REDIS_SENTINELS=host:port,host:port and the name
+    # the sentinels monitor; or REDIS_URL=redis+sentinel://[:password@]host:port,.../name/db.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = Field(default="clarity", pattern=r"^[A-Za-z0-9_.-]+$")
+    redis_sentinel_password: SecretStr | None = None  # when the sentinels require one
+    # An enqueue is acknowledged once this many replicas have it (WAIT); default: 1 with
+    # Sentinel, 0 without. 0 turns it off.
+    redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=10, le=60_000)
 
     # Message signing (HMAC-SHA256). Shared by producers and workers.
     signing_secret: SecretStr = Field(alias="JOB_SIGNING_SECRET")
@@ -134,15 +144,21 @@ class Settings(ClarityBaseSettings):
     def _redis_url_form(self) -> Settings:
         if self.redis_url is not None:
             url = self.redis_url.get_secret_value()
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+            if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+                raise ValueError("REDIS_URL must start with redis://, rediss://, unix:// or "
+                                 "redis+sentinel://")
+        target = self.redis_target()  # raises ValueError naming what is wrong
+        if target.sentinels and self.redis_url is not None and not url.startswith(
+                "redis+sentinel://"):
+            raise ValueError("give either REDIS_URL or REDIS_SENTINELS, not both")
         return self
 
     def huey_key(self) -> str:
         """What a queue's Huey instance depends on, hashed: callers that pass different
         settings (another Redis, a rotated secret) get their own instance."""
         if self._huey_key is None:
-            parts = (self.redis_connection_url(), self.redis_key_prefix,
+            parts = (self.redis_connection_url(), self.redis_sentinels,
+                     self.redis_sentinel_master, self.redis_key_prefix,
                      self.signing_secret.get_secret_value(), *self.previous_signing_secrets,
                      repr(self.lease_seconds), str(self.max_deliveries), self.task_modules)
             self._huey_key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
@@ -151,6 +167,36 @@ class Settings(ClarityBaseSettings):
     @property
     def queues(self) -> list[str]:
         return self.worker_queues.split(",")
+
+    def redis_target(self) -> RedisTarget:
+        """Where Redis is: one URL, or sentinels and the name they monitor."""
+        url = self.redis_url.get_secret_value() if self.redis_url is not None else ""
+        password = self.redis_password.get_secret_value() if self.redis_password else None
+        sentinel_password = (self.redis_sentinel_password.get_secret_value()
+                             if self.redis_sentinel_password else None)
+        if url.startswith("redis+sentinel://"):
+            rest = url.split("://", 1)[1]
+            if "@" in rest:
+                auth, rest = rest.rsplit("@", 1)
+                password = unquote(auth.split(":", 1)[1] if ":" in auth else auth) or password
+            hosts, _, path = rest.partition("/")
+            parts = [p for p in path.split("/") if p]
+            master = parts[0] if parts else self.redis_sentinel_master
+            db = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else self.redis_db
+            return RedisTarget(_host_ports(hosts, "REDIS_URL"), master, password,
+                               sentinel_password, db)
+        if self.redis_sentinels.strip():
+            return RedisTarget(_host_ports(self.redis_sentinels, "REDIS_SENTINELS"),
+                               self.redis_sentinel_master, password, sentinel_password,
+                               self.redis_db)
+        return RedisTarget((), "", password, None, self.redis_db, url=self.redis_connection_url(),
+                           display_address=f"{self.redis_host}:{self.redis_port}")
+
+    @property
+    def wait_replicas(self) -> int:
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_target().sentinels else 0
 
     def redis_connection_url(self) -> str:
         """The URL redis-py connects with; contains the password, so never log it."""
@@ -163,6 +209,10 @@ class Settings(ClarityBaseSettings):
 
     def redis_display(self) -> str:
         """Where Redis is, safe for logs."""
+        target = self.redis_target()
+        if target.sentinels:
+            hosts = ",".join(f"{h}:{p}" for h, p in target.sentinels)
+            return f"redis+sentinel://{hosts}/{target.master}/{target.db}"
         if self.redis_url is not None:
             url = self.redis_url.get_secret_value()
             if "@" in url:
@@ -171,6 +221,31 @@ class Settings(ClarityBaseSettings):
             return url
         return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    sentinels: tuple[tuple[str, int], ...]  # empty: one host, at `url`
+    master: str
+    password: str | None
+    sentinel_password: str | None
+    db: int
+    url: str = ""
+    display_address: str = ""
+
+
+def _host_ports(text: str, variable: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{variable} must be host:port[,host:port...], got {item!r}")
+        out.append((host.strip("[]"), int(port)))
+    if not out:
+        raise ValueError(f"{variable} names no sentinel")
+    return tuple(out)
 
 
 def describe_errors(exc: ValidationError, model: type[BaseSettings],

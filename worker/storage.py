@@ -24,7 +24,9 @@ import uuid
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import redis
 from huey.storage import PriorityRedisStorage
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import scripts
@@ -37,6 +39,12 @@ IDEMPOTENCY_TTL = 7 * 24 * 3600  # seconds a caller's idempotency key is remembe
 PAUSED = object()
 MAX_ERROR_CHARS = 4000
 MAX_TRACEBACK_CHARS = 16000
+
+
+class NotReplicated(RedisTimeoutError):
+    """The enqueue ran on the primary, but not enough replicas confirmed it within the wait:
+    it is not acknowledged (a failover now could lose it). Callers treat it like a timeout:
+    the job may or may not be there, so retry with the same idempotency key."""
 
 
 class WireJob(NamedTuple):
@@ -90,11 +98,20 @@ class ReliableRedisStorage(PriorityRedisStorage):
     being worked on are renewed by `renew()` until they are settled or forgotten."""
 
     def __init__(self, name="huey", *, prefix="clarity", consumer_id=None, lease_seconds=30.0,
-                 max_deliveries=5, **kwargs):
+                 max_deliveries=5, wait_replicas=0, wait_timeout_ms=1000, client=None,
+                 **kwargs):
         kwargs.setdefault("blocking", True)
         kwargs.setdefault("read_timeout", 1)
+        if client is not None:  # e.g. a RedisCluster: Huey's own set-up only needs a pool
+            kwargs["connection_pool"] = redis.ConnectionPool()
         super().__init__(name, clean_name=False, **kwargs)
+        if client is not None:
+            self.conn = client
         self.keys = k = QueueKeys(prefix, name)
+        # An enqueue is acknowledged once this many replicas confirm it (WAIT, same round
+        # trip): a failover then cannot lose it.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.queue_key = k.waiting
         self.schedule_key = k.delayed
         self.result_key = k.results
@@ -139,8 +156,31 @@ class ReliableRedisStorage(PriorityRedisStorage):
             args += [job_id, data, int(priority), eta_ms or 0, delay_ms or 0,
                      int((ttl or idempotency_ttl) * 1000) if idem else 0, fresh_flag,
                      lease or "", history or ""]
-        flat = self._enqueue(keys=keys, args=args)
+        if self.wait_replicas and any(not getattr(j, "lease", "") for j in jobs):
+            flat = self._enqueue_and_wait(keys, args)
+        else:
+            flat = self._enqueue(keys=keys, args=args)
         return [(bool(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def _enqueue_and_wait(self, keys, args):
+        # WAIT counts the replicas that have this connection's writes: it must follow the
+        # script on the same connection, so both go in one pipeline (one round trip).
+        for attempt in (1, 2):
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            try:
+                flat, acked = pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self.conn.script_load(self._enqueue.script)  # Redis restarted or failed over
+                continue
+            if int(acked) < self.wait_replicas:
+                raise NotReplicated(f"enqueue confirmed by {acked} of {self.wait_replicas} "
+                                    f"replica(s) within {self.wait_timeout_ms} ms: not "
+                                    "acknowledged (retry with the same idempotency key)")
+            return flat
 
     def enqueue(self, data, priority=None):
         job_id = peek_job(data).get("id") or uuid.uuid4().hex

@@ -66,7 +66,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from app.admin import actions, api, dashboard, errors, jobs, metrics, webhooks
     from app.admin.auth import KeyRing
     from app.admin.limits import RateLimits
-    from worker.hueys import redis_client
+    from worker.connections import redis_client
     from worker.management import QueueManager
 
     test_config = dict(test_config or {})

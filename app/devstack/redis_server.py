@@ -43,7 +43,12 @@ class RedisServer:
         return self.child.proc if self.child else None
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        args = ["redis-server", str(self.conf), "--port", str(self.port), "--bind", "127.0.0.1",
+        # Its own copy of the config: CONFIG REWRITE (a Sentinel failover sends it) rewrites
+        # the file a server started from, which must never be the repository's.
+        conf = self.dir / "redis.conf"
+        if self.conf.resolve() != conf.resolve():
+            shutil.copyfile(self.conf, conf)
+        args = ["redis-server", str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.dir.resolve()), "--requirepass", self.password,
                 "--daemonize", "no", "--logfile", "", "--maxmemory", self.maxmemory]
         if not self.save:

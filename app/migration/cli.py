@@ -21,7 +21,7 @@ def _store():
 
 
 def _client():
-    from worker.hueys import redis_client
+    from worker.connections import redis_client
 
     return redis_client(get_settings())
 

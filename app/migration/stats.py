@@ -77,7 +77,7 @@ def current_migration_stats(settings: Settings | None = None,
     """The figures as an operator reads them (`clarity migrate status`, the admin's panel):
     from Redis and the legacy table, without building a producer."""
     from app.db.engine import get_engine
-    from worker.hueys import redis_client
+    from worker.connections import redis_client
 
     settings = settings or get_settings()
     migration = migration or get_migration_settings()

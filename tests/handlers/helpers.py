@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker import hueys
+from worker import connections, hueys
 
 WEBHOOK_SECRET = "whsec-test-0123456789abcdef"
 SIGNING_SECRET = "handler-test-signing-secret-0123456789"
@@ -35,7 +35,7 @@ def waiting_jobs(queue: str) -> list[tuple[dict, int]]:
     from worker.settings import get_settings
 
     settings = get_settings()
-    conn = hueys.redis_client(settings)
+    conn = connections.redis_client(settings)
     keys = QueueKeys(settings.redis_key_prefix, queue)
     huey = hueys.get_huey(queue, settings)
     out = []

@@ -20,7 +20,7 @@ from app.devstack import REPO
 from app.migration.legacy import LegacyStore, Status
 from app.migration.migrator import Migrator
 from tests.helpers import clarity_env, wait_for
-from worker.hueys import redis_client
+from worker.connections import redis_client
 from worker.queues import QueueKeys
 from worker.settings import get_settings
 

@@ -72,7 +72,8 @@ def test_doctor_flags_a_redis_without_password_or_renames(tmp_path, prefix):
     try:
         bare = Target({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_DB": "0"})
         wait_for(lambda: sp.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                                check=False).stdout.strip() == b"PONG", message="bare redis")
+                                check=False, env=real_clock_env()).stdout.strip() == b"PONG",
+                 message="bare redis")
         code, checks, _ = doctor(bare, prefix, "--no-workers")
     finally:
         proc.terminate()
