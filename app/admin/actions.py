@@ -293,9 +293,25 @@ def get_job(queue: str | None, job_id: str) -> dict:
 
 # -- mutations -----------------------------------------------------------------------------
 
+QUEUE_ALIAS = "queueName"  # the original guide's name for `queue`
+
+
+def with_queue_alias(body: dict) -> dict:
+    """`queueName` (the original guide's spelling) read as `queue`."""
+    if QUEUE_ALIAS not in body:
+        return body
+    body = dict(body)
+    alias = body.pop(QUEUE_ALIAS)
+    if "queue" in body and body["queue"] != alias:
+        raise ApiError(400, "give queue or its alias queueName, not both", field=QUEUE_ALIAS)
+    body["queue"] = alias
+    return body
+
+
 def parse_mutation(body) -> tuple[str, dict]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", field="body")
+    body = with_queue_alias(body)
     action = body.get("action")
     if action is None:
         raise ApiError(400, "action is required", field="action")
@@ -364,17 +380,19 @@ def audited_mutation(body) -> dict:
     action, target = "unknown", {}
     if isinstance(body, dict):
         action = body.get("action") if isinstance(body.get("action"), str) else "unknown"
-        target = {k: body[k] for k in ("queue", "jobId", "jobState")
+        target = {k: body[k] for k in ("queue", QUEUE_ALIAS, "jobId", "jobState")
                   if isinstance(body.get(k), str)}
+        if QUEUE_ALIAS in target:
+            target.setdefault("queue", target.pop(QUEUE_ALIAS))
     try:
         action, args = parse_mutation(body)
         result = run_mutation(action, args)
     except ApiError as exc:
-        audit.record(action[:40], "rejected" if exc.status < 500 else "error",
+        audit.record(action, "rejected" if exc.status < 500 else "error",
                      status=exc.status, target=target, detail=exc.message)
         raise
     except Exception as exc:
-        audit.record(action[:40], "error", status=500, target=target,
+        audit.record(action, "error", status=500, target=target,
                      detail=type(exc).__name__)
         raise
     audit.record(action, "ok", status=200, target=target,

@@ -97,8 +97,6 @@ class AdminSettings(ClarityBaseSettings):
     # and a scraper then cost Redis one pipeline per interval, not one per request.
     overview_cache_seconds: float = Field(default=0.5, ge=0, le=60)
 
-    audit_max_entries: int = Field(default=10_000, ge=100, le=1_000_000)
-
     # gunicorn (read by gunicorn.conf.py).
     gunicorn_bind: str = "unix:/run/clarity-admin/gunicorn.sock"
     gunicorn_workers: int = Field(default=2, ge=1, le=64)
