@@ -64,6 +64,30 @@ def _manager():
     return QueueManager(get_settings())
 
 
+def _audited(action: str, target: dict, run, result=lambda value: "ok"):
+    """Run one mutation and audit it like the admin API's (worker.audit): a log line and
+    the bounded Redis list the dashboard shows, `via` cli, `who` the OS user."""
+    from worker.audit import AuditLog, cli_identity, make_entry
+
+    settings = get_settings()
+    manager = _manager()
+    who, client = cli_identity()
+    log = AuditLog(manager.redis, settings.redis_key_prefix, settings.audit_max_entries,
+                   settings.audit_max_bytes)
+    try:
+        value = run(manager)
+    except Exception as exc:
+        log.write(make_entry(action, "error", status=500, who=who, via="cli", client=client,
+                             target=target, detail=type(exc).__name__))
+        raise
+    outcome = result(value)
+    detail = f"count={value}" if isinstance(value, int) and not isinstance(value, bool) \
+        else None
+    log.write(make_entry(action, outcome, status=200 if outcome == "ok" else 404, who=who,
+                         via="cli", client=client, target=target, detail=detail))
+    return value
+
+
 def _echo_json(doc):
     click.echo(json.dumps(doc, indent=2, default=str))
 
@@ -97,8 +121,10 @@ def worker(queues, concurrency, name, processes, no_periodic, log_format):
     from worker.consumer import ClarityRunner
     from worker.events import RuntimeEvents
     from worker.health import HealthService, RedisProbe, health_port, serve_health
+    from worker.hueys import redis_client
     from worker.logs import configure_logging, set_worker_name
     from worker.metrics import WorkerMetrics
+    from worker.series import SeriesRecorder
 
     settings = get_settings()
     queues = list(dict.fromkeys(queues or settings.queues))
@@ -118,9 +144,13 @@ def worker(queues, concurrency, name, processes, no_periodic, log_format):
     metrics = WorkerMetrics(runner.state, probe, processes=processes,
                             backup_file=os.environ.get("BACKUP_TIMESTAMP_FILE") or None)
     events.subscribe(metrics.jobs)
+    series = SeriesRecorder(redis_client(settings), settings.redis_key_prefix, queues).start()
+    events.subscribe(series)
     serve_health(HealthService(settings, runner, queues, metrics=metrics, probe=probe),
                  health_port(settings, queues))
-    sys.exit(runner.run())
+    code = runner.run()
+    series.stop()
+    sys.exit(code)
 
 
 @click.command()
@@ -239,7 +269,10 @@ def failed_retry(queue, job_id, retry_all):
     """Move a failed job (or --all) back to the queue."""
     if not job_id and not retry_all:
         raise click.UsageError("give a JOB_ID or --all")
-    moved = _manager().retry_failed(queue, None if retry_all else job_id)
+    moved = _audited("retry-failed" if retry_all else "retry-job",
+                     {"queue": queue, "jobId": job_id},
+                     lambda m: _retry_with_progress(m, queue, None if retry_all else job_id),
+                     lambda n: "ok" if n or retry_all else "rejected")
     click.echo(f"{moved} job(s) back on {queue}")
     if job_id and not moved:
         sys.exit(1)
@@ -250,7 +283,9 @@ def failed_retry(queue, job_id, retry_all):
 @click.argument("job_id")
 def failed_remove(queue, job_id):
     """Remove one job that is not running."""
-    if not _manager().remove_job(queue, job_id):
+    if not _audited("remove-job", {"queue": queue, "jobId": job_id},
+                    lambda m: m.remove_job(queue, job_id),
+                    lambda removed: "ok" if removed else "rejected"):
         raise click.ClickException(f"no waiting, delayed or failed job {job_id} on {queue}")
     click.echo("removed")
 
@@ -260,7 +295,9 @@ def failed_remove(queue, job_id):
 @click.confirmation_option(prompt="Remove every failed job of this queue?")
 def failed_clear(queue):
     """Remove every failed job of QUEUE."""
-    click.echo(f"{_manager().clear(queue, 'failed')} failed job(s) removed")
+    removed = _audited("clear-queue", {"queue": queue, "jobState": "failed"},
+                       lambda m: _clear_with_progress(m, queue, "failed"))
+    click.echo(f"{removed} failed job(s) removed")
 
 
 @click.group()
@@ -272,7 +309,7 @@ def queue():
 @click.argument("name", type=QUEUE)
 def queue_pause(name):
     """Stop starting new jobs on NAME (running jobs finish)."""
-    _manager().pause(name)
+    _audited("pause", {"queue": name}, lambda m: m.pause(name))
     click.echo(f"{name} paused")
 
 
@@ -280,7 +317,7 @@ def queue_pause(name):
 @click.argument("name", type=QUEUE)
 def queue_resume(name):
     """Resume a paused queue."""
-    _manager().resume(name)
+    _audited("resume", {"queue": name}, lambda m: m.resume(name))
     click.echo(f"{name} resumed")
 
 
@@ -292,7 +329,52 @@ def queue_clear(name, state, yes):
     """Remove every job of NAME in STATE."""
     if not yes:
         click.confirm(f"Remove every {state} job of {name}?", abort=True)
-    click.echo(f"{_manager().clear(name, state)} job(s) removed")
+    removed = _audited("clear-queue", {"queue": name, "jobState": state},
+                       lambda m: _clear_with_progress(m, name, state))
+    click.echo(f"{removed} job(s) removed")
+
+
+BATCH = 1000
+
+
+def _progress(total: int, label: str):
+    """A progress bar on a terminal (rich), nothing otherwise; the caller prints the
+    summary line either way."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                        disable=total < BATCH or not sys.stderr.isatty(), transient=True,
+                        console=Console(stderr=True))
+    return progress
+
+
+def _retry_with_progress(manager, queue: str, job_id: str | None) -> int:
+    if job_id is not None:
+        return manager.retry_failed(queue, job_id)
+    total = manager.counts(queue)["failed"]
+    moved = 0
+    with _progress(total, f"retrying failed jobs of {queue}") as progress:
+        task = progress.add_task("retry", total=total)
+        while True:
+            n = manager.storage(queue).retry_failed(limit=BATCH)
+            moved += n
+            progress.update(task, completed=moved)
+            if not n:
+                return moved
+
+
+def _clear_with_progress(manager, queue: str, state: str) -> int:
+    total = manager.counts(queue)[state]
+    removed = 0
+    with _progress(total, f"removing {state} jobs of {queue}") as progress:
+        task = progress.add_task("clear", total=total)
+        while True:
+            n = manager.storage(queue).remove(state, limit=BATCH)
+            removed += n
+            progress.update(task, completed=removed)
+            if not n:
+                return removed
 
 
 @click.command()

@@ -11,6 +11,7 @@ from app.admin.auth import authorize, bearer_principal, require
 from app.admin.errors import ApiError
 from app.admin.limits import limit
 from app.admin.openapi import spec
+from app.admin.params import parse_read
 
 bp = Blueprint("api", __name__, url_prefix="/api/admin")
 
@@ -29,33 +30,32 @@ def openapi():
 
 
 @bp.get("/auth")
-@require("read")
 def auth_check():
-    """204 for a valid admin or read-only key: nginx's auth_request for worker health."""
+    """204 for a key that may see what nginx guards: an admin or read-only key for worker
+    health and metrics, a metrics key for metrics only. nginx's auth_request names the
+    guarded path in X-Original-URI."""
+    original = request.headers.get("X-Original-URI", "")
+    authorize("metrics" if original.split("?", 1)[0].endswith("/metrics") else "read")
     return "", 204
 
 
 @bp.get("/queue")
 @require("read")
 def queue_get():
-    args = request.args
-    action = args.get("action") or "overview"
-    if action not in actions.READ_ACTIONS:
-        raise ApiError(400, f"unknown action {action!r}: expected one of "
-                            f"{', '.join(actions.READ_ACTIONS)} (GET) or POST a mutation",
-                       field="action")
+    action, query = parse_read(request.args)
     if action == "overview":
         return current_app.response_class(actions.overview_json(), mimetype="application/json")
     if action == "health":
         body, status = actions.health()
         return jsonify(body), status
     if action == "stats":
-        return jsonify(actions.stats(args.get("queue")))
+        return jsonify(actions.stats(query["queue"]))
     if action == "job":
-        return jsonify(actions.get_job(args.get("queue"), args.get("id")))
-    limit_, offset = actions.page_args(args)
-    state = "failed" if action == "failed-jobs" else args.get("state")
-    return jsonify(actions.list_jobs(args.get("queue"), state, limit_, offset))
+        return jsonify(actions.get_job(query.get("queue"), query["id"]))
+    if action == "series":
+        return jsonify(actions.series(query.get("queue"), query.get("window", "hour")))
+    state = "failed" if action == "failed-jobs" else query["state"]
+    return jsonify(actions.list_jobs(query["queue"], state, query))
 
 
 @bp.post("/queue")

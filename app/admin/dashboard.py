@@ -25,6 +25,7 @@ from app.admin import actions, audit
 from app.admin.auth import check_csrf, csrf_token, login_session, session_principal
 from app.admin.errors import ApiError
 from app.admin.limits import limit
+from app.admin.redact import present
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static/admin")
@@ -43,14 +44,20 @@ def _wants_json() -> bool:
         request.accept_mimetypes.best == "application/json"
 
 
+def _shown(queue: str, state: str, principal) -> list[dict]:
+    page = actions.manager().list_jobs(queue, state, PANEL_ROWS, payloads=True)
+    return [present(j, full_payload=principal.can("payload"), keep_payload=False)
+            for j in page["jobs"]]
+
+
 def _context(principal) -> dict:
     overview = actions.overview()
     failed, delayed = [], []
     for queue in overview["queues"]:
         if queue["failed"]:
-            failed += actions.manager().list_jobs(queue["name"], "failed", PANEL_ROWS)["jobs"]
+            failed += _shown(queue["name"], "failed", principal)
         if queue["delayed"]:
-            delayed += actions.manager().list_jobs(queue["name"], "delayed", PANEL_ROWS)["jobs"]
+            delayed += _shown(queue["name"], "delayed", principal)
     failed.sort(key=lambda j: j.get("lastFailedAt") or "", reverse=True)
     delayed.sort(key=lambda j: j.get("runAt") or "")
     return {

@@ -101,7 +101,7 @@ def test_jobs_by_state(client, manager, state):
 
 def test_one_job_by_queue_and_id_or_by_id_alone(client):
     (job_id,) = make_jobs("email", 1)
-    body = client.get(URL + f"?action=job&queue=email&id={job_id}", headers=READONLY).get_json()
+    body = client.get(URL + f"?action=job&queue=email&id={job_id}", headers=ADMIN).get_json()
     assert body["id"] == job_id and body["payload"] == {"n": 0} and body["task"] == "record"
     assert client.get(URL + f"?action=job&id={job_id}", headers=READONLY).get_json()["queue"] \
         == "email"
