@@ -11,6 +11,7 @@ discriminated by `action` the same way.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from jsonschema import Draft202012Validator
@@ -141,9 +142,16 @@ def _problem(error: ValidationError, what: str) -> ApiError:
         name = re.search(r"'([^']+)'", error.message)
         name = name.group(1) if name else "?"
         return ApiError(400, f"{name} is required", field=name)
+    if validator == "oneOf" and not error.path and isinstance(error.instance, dict) and \
+            "task" in error.instance:
+        return ApiError(400, f"unknown task {error.instance.get('task')!r:.80} on queue "
+                             f"{error.instance.get('queue')!r}", field="task")
     if validator == "oneOf" and not error.path:  # queue and queueName
         return ApiError(400, f"give queue or its alias {QUEUE_ALIAS} (one of them)",
                         field="queue")
+    if validator == "not" and not error.path and "delay" in error.validator_value.get(
+            "required", ()):
+        return ApiError(400, "give either delay or scheduledAt, not both", field="delay")
     if validator == "not" and not error.path:
         return ApiError(400, "give either offset or cursor, not both", field="cursor")
     if validator == "not":
@@ -155,10 +163,16 @@ def _problem(error: ValidationError, what: str) -> ApiError:
     return ApiError(400, f"{field or what}: {error.message[:200]}", field=field)
 
 
+def _relevance(error: ValidationError) -> tuple:
+    """Unknown and missing fields first, then a field's own error (deepest first), then
+    the combinations (queue or queueName, delay or scheduledAt, the task of the queue)."""
+    if not error.path and error.validator in ("additionalProperties", "required"):
+        return (0, 0)
+    return (1, -len(error.path)) if error.path else (2, 0)
+
+
 def check(schema: dict, instance, what: str) -> None:
-    error = next(iter(sorted(_validator(schema).iter_errors(instance),
-                             key=lambda e: (len(e.path), e.validator != "additionalProperties"))),
-                 None)
+    error = min(_validator(schema).iter_errors(instance), key=_relevance, default=None)
     if error is not None:
         raise _problem(error, what)
 
@@ -204,3 +218,44 @@ def parse_mutation(body) -> tuple[str, dict]:
     if QUEUE_ALIAS in fields:
         fields["queue"] = fields.pop(QUEUE_ALIAS)
     return action, fields
+
+
+PRIORITY_NAMES = ["low", "normal", "high", "critical", "LOW", "NORMAL", "HIGH", "CRITICAL"]
+MAX_DELAY_SECONDS = 31_622_400  # 366 days, as worker.producer
+
+
+@functools.cache
+def enqueue_schema() -> dict:
+    """POST /api/jobs: the tasks each queue has (as loaded here) are the task's enum, so a
+    generated client cannot name one that does not exist."""
+    from worker.registry import specs_for
+
+    per_queue = []
+    for queue in QUEUES:
+        tasks = sorted({s.name for s in specs_for(queue) if not s.periodic})
+        if tasks:
+            per_queue.append({"properties": {"queue": {"const": queue},
+                                             "task": {"enum": tasks}}})
+    schema = {
+        "type": "object",
+        "required": ["queue", "task", "payload"],
+        "additionalProperties": False,
+        "properties": {
+            "queue": QUEUE,
+            "task": {"type": "string", "minLength": 1, "maxLength": 200,
+                     "description": "a task declared on that queue"},
+            "payload": {"type": "object", "description": "JSON object, at most 64 KiB "
+                                                        "encoded (ENQUEUE_MAX_PAYLOAD_BYTES)"},
+            "priority": {"oneOf": [{"type": "string", "enum": PRIORITY_NAMES},
+                                   {"type": "integer", "minimum": 1, "maximum": 10}]},
+            "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS,
+                      "description": "seconds from now; not with scheduledAt"},
+            "scheduledAt": {"type": "string", "format": "date-time",
+                            "description": "RFC 3339 time with an offset; not with delay. "
+                                           "Outside [now - 1 day, now + 366 days]: 422"},
+        },
+        "not": {"required": ["delay", "scheduledAt"]},
+    }
+    if per_queue:
+        schema["oneOf"] = per_queue
+    return schema
