@@ -45,8 +45,8 @@ def _int(value, default=0):
 def _iso_ms(ms):
     if ms in (None, b"", ""):
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ms) / 1000)) + \
-        f".{int(ms) % 1000:03d}Z"
+    ms = int(float(ms))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 class QueueManager:
@@ -334,6 +334,8 @@ class QueueManager:
         job.setdefault("firstFailedAt", _iso_ms(first_failed))
         job.setdefault("lastFailedAt", _iso_ms(last_failed))
         job["leaseHolder"] = _text(lease) if job.get("state") == "active" else None
+        if job.get("state") == "active" and not job.get("leaseDeadline"):
+            job["leaseDeadline"] = _iso_ms(self.redis.zscore(self.keys(queue).active, job_id))
         return job
 
     def retry_jobs(self, queue: str, ids: list[str]) -> int:
