@@ -13,7 +13,7 @@ import time
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT = 300, 96
+WIDTH, HEIGHT = 440, 120
 LEFT, RIGHT, TOP, BOTTOM = 34, 6, 14, 16
 COLORS = {"completed": "#067647", "failed": "#b42318", "depth": "#1d4ed8",
           "p50": "#7c3aed", "p95": "#c2410c"}
@@ -98,8 +98,8 @@ def queue_charts(data: dict) -> dict[str, Markup]:
     """The three charts of one queue's series: throughput, waiting depth, pickup latency."""
     points = data["points"]
     times = [p["at"] for p in points]
-    per = "per minute" if data["stepMinutes"] == 1 else \
-        f"per minute (avg of {data['stepMinutes']})"
+    per = "per min" if data["stepMinutes"] == 1 else \
+        f"per min (avg of {data['stepMinutes']})"
 
     def col(name):  # a minute no worker wrote is a gap, not a zero
         return [p[name] if p["samples"] else None for p in points]
