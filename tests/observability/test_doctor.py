@@ -113,7 +113,7 @@ def test_doctor_reports_memory_persistence_latency_and_failed_sets(redis_factory
     client.zadd(f"{prefix}:{{sync}}:failed", {oldest: now_ms - 8 * 86400 * 1000})
     used = client.info("memory")["used_memory"]
     client.execute_command(CONFIG_COMMAND, "SET", "maxmemory", str(int(used / 0.85)))
-    code, checks, _ = doctor(server, prefix, "--no-workers", "--no-host-checks")
+    _code, checks, _ = doctor(server, prefix, "--no-workers", "--no-host-checks")
     assert checks["memory"]["status"] in ("warn", "fail") and "maxmemory" in \
         checks["memory"]["detail"]
     assert checks["persistence:status"]["status"] == "ok"
