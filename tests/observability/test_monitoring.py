@@ -45,7 +45,7 @@ def test_example_prometheus_config_is_valid():
 def _anchors(markdown: str) -> set[str]:
     """GitHub's anchors of a document's headings."""
     return {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
-            for h in re.findall(r"^#+ (.+)$", markdown, flags=re.M)}
+            for h in re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)}
 
 
 def test_every_alert_has_a_unit_test_severity_fix_and_runbook_section():
