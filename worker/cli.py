@@ -389,4 +389,42 @@ def job(job_id, queue):
     _echo_json(info)
 
 
-COMMANDS = (worker, enqueue, stats, failed, queue, job)
+@click.command()
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print the view once and exit (no live display).")
+def top(interval, once):
+    """A live view of every queue: depths, done and failed per minute, pickup latency
+    p50/p95 and the workers' heartbeats. Ctrl-C quits.
+
+    \b
+    Example:
+      clarity top --interval 5
+    """
+    from rich.console import Console
+    from rich.live import Live
+    from redis.exceptions import RedisError
+
+    from worker.top import collect, render
+
+    manager = _manager()
+    if once:
+        Console().print(render(collect(manager)))
+        return
+
+    def view():
+        try:
+            return render(collect(manager))
+        except RedisError as exc:  # keep showing; Redis may come back
+            return render({"error": str(exc)})
+
+    try:
+        with Live(view(), refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(view())
+    except KeyboardInterrupt:
+        pass
+
+
+COMMANDS = (worker, enqueue, stats, failed, queue, job, top)
