@@ -401,9 +401,9 @@ def top(interval, once):
     Example:
       clarity top --interval 5
     """
+    from redis.exceptions import RedisError
     from rich.console import Console
     from rich.live import Live
-    from redis.exceptions import RedisError
 
     from worker.top import collect, render
 
