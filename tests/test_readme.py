@@ -20,7 +20,7 @@ VENV_BIN = Path(sys.executable).parent
 def readme_blocks(section: str = "## Using it") -> list[tuple[str, str]]:
     text = (REPO / "README.md").read_text()
     body = text.split(section, 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```(sh|python)\n(.*?)```", body, flags=re.S)
+    return re.findall(r"```(sh|python)\n(.*?)```", body, flags=re.DOTALL)
 
 
 def test_readme_examples_run_as_written_on_a_fresh_state_dir(redis_server, prefix, env,
