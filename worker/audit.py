@@ -27,7 +27,7 @@ log = logging.getLogger("clarity.audit")
 ENTRY_MAX_BYTES = 1024
 FIELD_MAX_CHARS = {"who": 64, "via": 16, "action": 40, "result": 16, "client": 64,
                    "detail": 300}
-TARGET_KEYS = ("queue", "jobId", "jobState", "jobIds", "provider", "task")
+TARGET_KEYS = ("queue", "jobId", "jobState", "jobIds", "provider", "task", "mode", "revision")
 TARGET_VALUE_MAX_CHARS = 120
 
 
@@ -131,3 +131,24 @@ def cli_identity() -> tuple[str, str]:
     except (KeyError, OSError):
         user = str(os.getuid())
     return user, os.uname().nodename
+
+
+def cli_audit(action: str, result: str, *, status: int, target: dict | None = None,
+              detail: str | None = None) -> None:
+    """One CLI mutation's entry: always the log line; the Redis list too when the settings
+    load and Redis answers (`clarity db upgrade` must work without either)."""
+    from worker.settings import SettingsError, get_settings
+
+    who, client = cli_identity()
+    entry = make_entry(action, result, status=status, who=who, via="cli", client=client,
+                       target=target, detail=detail)
+    try:
+        settings = get_settings()
+        from worker.hueys import redis_client
+
+        store = AuditLog(redis_client(settings), settings.redis_key_prefix,
+                         settings.audit_max_entries, settings.audit_max_bytes)
+    except SettingsError:
+        log.info(encode(entry))
+        return
+    store.write(entry)

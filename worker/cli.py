@@ -67,24 +67,20 @@ def _manager():
 def _audited(action: str, target: dict, run, result=lambda value: "ok"):
     """Run one mutation and audit it like the admin API's (worker.audit): a log line and
     the bounded Redis list the dashboard shows, `via` cli, `who` the OS user."""
-    from worker.audit import AuditLog, cli_identity, make_entry
+    from worker.audit import cli_audit
 
-    settings = get_settings()
-    manager = _manager()
-    who, client = cli_identity()
-    log = AuditLog(manager.redis, settings.redis_key_prefix, settings.audit_max_entries,
-                   settings.audit_max_bytes)
     try:
-        value = run(manager)
+        value = run(_manager())
+    except (click.exceptions.Exit, click.Abort):
+        raise
     except Exception as exc:
-        log.write(make_entry(action, "error", status=500, who=who, via="cli", client=client,
-                             target=target, detail=type(exc).__name__))
+        cli_audit(action, "error", status=500, target=target, detail=type(exc).__name__)
         raise
     outcome = result(value)
     detail = f"count={value}" if isinstance(value, int) and not isinstance(value, bool) \
         else None
-    log.write(make_entry(action, outcome, status=200 if outcome == "ok" else 404, who=who,
-                         via="cli", client=client, target=target, detail=detail))
+    cli_audit(action, outcome, status=200 if outcome == "ok" else 404, target=target,
+              detail=detail)
     return value
 
 

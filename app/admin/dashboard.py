@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import redis
 from flask import (
     Blueprint,
     current_app,
@@ -76,7 +77,24 @@ def _shown(queue: str, state: str, principal) -> list[dict]:
             for j in page["jobs"]]
 
 
+REDIS_DOWN = ("the queue store (Redis) is unavailable: the queues cannot be shown or changed "
+              "until it answers. Run `clarity doctor` on this host; see "
+              "docs/troubleshooting.md, Connection issues")
+
+
 def _context(principal) -> dict:
+    """Everything the panels show; a Redis outage is one clear state, not an error page."""
+    try:
+        return _panels(principal)
+    except (ApiError, redis.RedisError) as exc:
+        if isinstance(exc, ApiError) and exc.status != 503:
+            raise
+        current_app.logger.warning("dashboard: Redis unavailable (%s)", exc)
+        return {**_base(principal), "problem": REDIS_DOWN, "overview": None, "failed": [],
+                "delayed": [], "audit": [], "charts": [], "migration": None}
+
+
+def _panels(principal) -> dict:
     overview = actions.overview()
     failed, delayed = [], []
     for queue in overview["queues"]:

@@ -170,9 +170,10 @@ def test_operator_reads_charts_finds_a_job_and_filters_the_failed_list(
                 box.click()
             browser.save_screenshot(str(artifacts / "admin-failed-filtered.png"))
             browser.find_element(By.ID, "bulk-retry").click()
+            wait_for(lambda: any(b'"action":"retry-jobs"' in a and b'"via":"dashboard"' in a
+                                 and b'"result":"ok"' in a
+                                 for a in client.lrange(f"{PREFIX}:audit", 0, 20)),
+                     timeout=15, message="the bulk retry to be done and audited")
             wait.until(lambda d: "errorType=RuntimeError" in d.current_url)
-            audit = client.lrange(f"{PREFIX}:audit", 0, 20)
-            assert any(b'"action":"retry-jobs"' in a and b'"via":"dashboard"' in a
-                       for a in audit)
         finally:
             worker.stop()

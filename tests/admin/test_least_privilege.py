@@ -107,3 +107,19 @@ def test_cli_mutations_are_audited_like_the_apis(admin_env, manager):
         ("cli", "retry-job", "rejected", "sync")]
     assert entries[0]["target"]["jobId"] == ids[0] and entries[0]["who"]
     assert entries[4]["detail"] == "count=1" and entries[5]["detail"] == "count=2"
+
+
+def test_the_apps_cli_mutations_are_audited_too(admin_env, manager):
+    from app.cli import main
+
+    runner = CliRunner()
+    for args in (["migrate", "rollback", "--yes"], ["migrate", "set-mode", "gradual"],
+                 ["migrate", "resume"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    entries = [json.loads(e) for e in manager.redis.lrange(
+        f"{manager.settings.redis_key_prefix}:audit", 0, -1)][::-1]
+    assert [(e["via"], e["action"], e["result"]) for e in entries] == [
+        ("cli", "migrate rollback", "ok"), ("cli", "migrate set-mode", "ok"),
+        ("cli", "migrate resume", "ok")]
+    assert entries[1]["target"] == {"mode": "gradual"}

@@ -205,3 +205,22 @@ def test_migration_panel_says_to_migrate_instead_of_showing_the_exception(admin_
     page = client.get("/").get_data(as_text=True)
     assert "database not migrated: run `clarity db upgrade`" in page.replace("&#96;", "`")
     assert "OperationalError" not in page and "queued_sync" not in page
+
+
+def test_dashboard_says_redis_is_down_instead_of_an_error_page(configure, redis_factory,
+                                                                monkeypatch):
+    from app.admin import create_app
+    from app.admin.config import reset_admin_settings_cache
+    from tests.admin.helpers import KEY_SETTINGS
+
+    configure(redis_factory("down", start=False), **KEY_SETTINGS)
+    monkeypatch.setenv("ADMIN_PROXY_HOPS", "0")
+    reset_admin_settings_cache()
+    client = create_app({"TESTING": True}).test_client()
+    assert login(client).status_code == 302
+    for path in ("/", "/dashboard/panels"):
+        page = client.get(path)
+        assert page.status_code == 200, page.text
+        assert "the queue store (Redis) is unavailable" in page.text
+        assert "Traceback" not in page.text and "ConnectionError" not in page.text
+    reset_admin_settings_cache()
