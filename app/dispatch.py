@@ -160,15 +160,20 @@ class Dispatcher:
 
     def submit(self, jobs: list[Job]) -> list[Submitted]:
         # 1. Validate all (JobError before anything is written anywhere), fix ids and keys.
+        # The queue gets an idempotency key of ours only when an unsure fallback could hand
+        # the job back later (FALLBACK_TO_LEGACY): it is what stops a double run then.
+        own_keys = self.migration.fallback_to_legacy
         prepared = []
         for job in jobs:
             req = job.request
             checked = validate(req)
             job_id = req.job_id or uuid.uuid4().hex
-            key = req.idempotency_key or f"job:{job_id}"
+            key = req.idempotency_key or (f"job:{job_id}" if own_keys else None)
+            ttl = (None if req.idempotency_key or not own_keys
+                   else self.migration.fallback_dedupe_seconds)
             fixed = replace(req, priority=checked.priority, idempotency_key=key, job_id=job_id)
-            prepared.append((job, replace(checked, request=fixed), checked.eta,
-                             req.idempotency_key is not None))
+            prepared.append((job, replace(checked, request=fixed, idempotency_ttl=ttl),
+                             checked.eta, req.idempotency_key is not None))
         # 2. Route.
         results: list[Submitted | None] = [None] * len(prepared)
         to_queue, to_legacy = [], []
@@ -180,12 +185,18 @@ class Dispatcher:
         # 3. The legacy share.
         if to_legacy:
             self._write(prepared, to_legacy, Origin.ROUTED, results)
-        # 4. The queue share, chunk by chunk through the breaker.
-        for start in range(0, len(to_queue), CHUNK):
-            chunk = to_queue[start:start + CHUNK]
+        # 4. The queue share: per queue, chunk by chunk through the breaker. One call holds
+        # one queue's jobs, so a failure can only be about the jobs of that call: what
+        # landed before it stays in the queues and never falls back (no double runs).
+        by_queue: dict[str, list] = {}
+        for item in to_queue:
+            by_queue.setdefault(prepared[item[0]][1].queue, []).append(item)
+        calls = [items[s:s + CHUNK] for items in by_queue.values()
+                 for s in range(0, len(items), CHUNK)]
+        for n, chunk in enumerate(calls):
             if not self.breaker.allow():
-                self._fallback(prepared, to_queue[start:], Origin.FALLBACK, results,
-                               "circuit breaker open")
+                rest = [item for later in calls[n:] for item in later]
+                self._fallback(prepared, rest, Origin.FALLBACK, results, "circuit breaker open")
                 break
             try:
                 done = enqueue_many([prepared[i][1] for i, _ in chunk], settings=self.settings)
@@ -198,6 +209,9 @@ class Dispatcher:
                                else Origin.FALLBACK_UNSURE, results,
                                f"{type(exc).__name__}: {exc}", exc)
                 continue
+            except BaseException:
+                self.breaker.cancel()
+                raise
             self.breaker.success()
             for (i, reason), enq in zip(chunk, done, strict=True):
                 results[i] = Submitted(enq.id, enq.queue, enq.task, enq.created, QUEUE, reason)
@@ -227,7 +241,7 @@ class Dispatcher:
                 # only the queue's idempotency check can tell, so this row goes through it.
                 row_origin = Origin.FALLBACK_UNSURE
             rows.append(NewRow(req.queue, req.task, req.payload, int(req.priority), row_origin,
-                               req.job_id, req.idempotency_key, eta))
+                               req.job_id, req.idempotency_key or f"job:{req.job_id}", eta))
         ids = self.store.insert(rows)
         route = LEGACY if origin == Origin.ROUTED else "fallback"
         for (i, reason), job_id, row in zip(items, ids, rows, strict=True):

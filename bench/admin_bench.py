@@ -70,22 +70,16 @@ def load(server: RedisServer, waiting: int, failed: int) -> dict:
                  for i in range(per_queue_failed)]
         enqueue_many(batch, settings=settings, chunk_size=1000)
         storage = ReliableRedisStorage(queue, prefix=settings.redis_key_prefix,
-                                       connection_pool=pool, max_batch=1000,
-                                       consumer_id="bench-loader")
+                                       connection_pool=pool, consumer_id="bench-loader")
         pending = []
-        while True:
-            lease = storage.lease(block=False)
-            if lease is None:
-                break
-            pending.append(Settlement(
+        while leases := storage.lease_batch(1000):
+            pending.extend(Settlement(
                 "fail", lease, reason="error", error_type="RuntimeError",
                 error="upstream said no", attempts=3,
                 traceback="Traceback (most recent call last):\n  File \"sync.py\", line 42, "
-                          "in sync_user\nRuntimeError: upstream said no"))
-            if len(pending) == 1000:
-                storage.settle(pending)
-                pending = []
-        storage.settle(pending)
+                          "in sync_user\nRuntimeError: upstream said no") for lease in leases)
+            storage.settle(pending)
+            pending = []
     failed_s = time.perf_counter() - started
     started = time.perf_counter()
     priorities = ("low", "normal", "high", "critical")

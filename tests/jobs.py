@@ -67,3 +67,11 @@ def stamp(payload: dict):
 def login_link(payload: dict):
     """A task whose payload carries a secret: `token` is never shown to people."""
     record("done", payload.get("n", ""))
+
+
+@task(QUEUE_NAMES, name="sleepy", timeout=1.0, retries=1, retry_delay=0.2, retry_max_delay=0.2)
+def sleepy(payload: dict):
+    """Sleeps payload['sleep'] seconds: past its 1 s timeout unless told otherwise."""
+    record("started", payload.get("n", ""))
+    time.sleep(float(payload.get("sleep", 3)))
+    record("done", payload.get("n", ""))

@@ -423,4 +423,43 @@ def top(interval, once):
         pass
 
 
-COMMANDS = (worker, enqueue, stats, failed, queue, job, top)
+@click.group()
+def signing():
+    """Signing keys in use, and re-signing the backlog (rotation, docs/deploy.md)."""
+
+
+@signing.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def signing_status(as_json):
+    """How many jobs each signing key sealed, per queue (`current` marks JOB_SIGNING_SECRET)."""
+    from worker.hueys import get_huey
+
+    manager = _manager()
+    current = get_huey(QUEUE_NAMES[0], manager.settings).serializer.current.kid.decode()
+    doc = {"current": current, "queues": {q: manager.signing_keys(q) for q in QUEUE_NAMES}}
+    if as_json:
+        _echo_json(doc)
+        return
+    for q, counts in doc["queues"].items():
+        shown = ", ".join(f"{kid}{' (current)' if kid == current else ''}: {n}"
+                          for kid, n in sorted(counts.items())) or "no jobs"
+        click.echo(f"{q:<14} {shown}")
+
+
+@signing.command("resign")
+def signing_resign():
+    """Re-seal with JOB_SIGNING_SECRET every job sealed with a previous secret, so that the
+    previous secrets can be dropped. Safe under load and to run again."""
+    def resign_all(manager) -> int:
+        total = 0
+        for q in QUEUE_NAMES:
+            n = manager.resign(q)
+            total += n
+            click.echo(f"{q:<14} {n} job(s) re-signed")
+        return total
+
+    total = _audited("signing resign", {}, resign_all)
+    click.echo(f"{total} job(s) re-signed in all")
+
+
+COMMANDS = (worker, enqueue, stats, failed, queue, job, signing, top)

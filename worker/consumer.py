@@ -16,6 +16,8 @@ queue at a time, by a Redis lock) and fires periodic tasks once per tick across 
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import json
 import logging
 import os
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from huey import signals as S
 from huey.constants import WORKER_PROCESS, WORKER_THREAD
 from huey.consumer import BaseProcess, Consumer, Worker
-from huey.exceptions import CancelExecution
+from huey.exceptions import CancelExecution, TaskTimeout
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -62,15 +64,18 @@ class RuntimeState:
     consumer_alive: float = field(default_factory=time.monotonic)
     waiting_for_redis: str | None = None  # why, while the worker waits for Redis at start
     active: dict[str, ActiveJob] = field(default_factory=dict)
+    stuck: dict[str, ActiveJob] = field(default_factory=dict)  # threads past a task timeout
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def job_started(self, job: ActiveJob):
         with self.lock:
-            self.active[job.id] = job
+            self.active[job.token or job.id] = job
 
     def job_finished(self, job: ActiveJob, outcome: str, duration: float, wait: float):
         with self.lock:
-            self.active.pop(job.id, None)
+            self.active.pop(job.token or job.id, None)
+            if self.stuck.pop(job.token or job.id, None) is not None:
+                return  # its outcome was settled when the lease was taken back
             if outcome == "completed":
                 self.processed += 1
             elif outcome == "failed":
@@ -80,20 +85,20 @@ class RuntimeState:
 
 
 class ClarityWorker(Worker):
-    state: RuntimeState = None  # both set by the consumer factory
+    state: RuntimeState = None  # all three set by the consumer factory
     events: RuntimeEvents = None
+    enforce_timeouts: bool = False  # thread mode: the lease keeper enforces task timeouts
 
     def initialize(self):
         super().initialize()
-        LeaseKeeper.ensure(self.huey, self.state)
+        LeaseKeeper.ensure(self.huey, self.state, self.events, self.enforce_timeouts)
 
     def shutdown(self):
         try:
-            released = self.huey.storage.release_unstarted()
-            if released:
-                log.info("returned %d unstarted job(s) to %s", released, self.huey.queue)
+            if self.huey.storage.release_unstarted():
+                log.info("returned an unstarted job to %s", self.huey.queue)
         except RedisError:
-            log.warning("could not return unstarted jobs; they come back when their lease "
+            log.warning("could not return an unstarted job; it comes back when its lease "
                         "expires", exc_info=True)
         super().shutdown()
 
@@ -118,25 +123,51 @@ class ClarityWorker(Worker):
 
     def perform_job(self, task, now=None):
         lease = task.lease
-        job = ActiveJob(task.id, self.huey.queue, task.name, time.time(), lease.deliveries)
+        spec = self.huey.specs.get(task.name)
+        job = ActiveJob(task.id, self.huey.queue, task.name, time.time(), lease.deliveries,
+                        timeout=task.timeout or (spec.timeout if spec else None),
+                        token=lease.token, task_object=task)
         wait = max(0.0, job.started - lease.ready_ms / 1000)
         task.outcomes, task.exception = [], None  # filled by ClarityHuey's signal receivers
+        task.settling = False
+        outcome = "error"
         self.events.job_started(job)
-        with job_context(self.huey.queue, task.id, task.name):
-            if lease.deliveries > 1:
-                log.warning("redelivery %d of %s %s (an earlier worker died or hung)",
-                            lease.deliveries, task.name, task.id)
-            try:
-                self.huey.execute(task, now)
-            except Exception:
-                # Huey itself failed (e.g. Redis vanished while requeueing a retry). The
-                # lease stays; the reaper redelivers the job when it expires.
-                log.exception("error around job %s; it will be redelivered after its lease",
-                              task.id)
-                self.events.job_finished(job, "error", time.time() - job.started, wait)
-                return
-            outcome = self.settle_job(task)
-        self.events.job_finished(job, outcome, time.time() - job.started, wait)
+        try:
+            with job_context(self.huey.queue, task.id, task.name):
+                if lease.deliveries > 1:
+                    log.warning("redelivery %d of %s %s (an earlier worker died or hung)",
+                                lease.deliveries, task.name, task.id)
+                try:
+                    self.huey.execute(task, now)
+                except Exception:
+                    # Huey itself failed around the job (e.g. Redis vanished while it
+                    # requeued a retry): the job goes back below.
+                    log.exception("error around job %s; returning it to the queue", task.id)
+                else:
+                    outcome = self.settle_job(task)
+        finally:
+            # Every way out that neither settled the job nor handed it back (an exception
+            # anywhere, even one that kills this thread) ends here: a lease nobody works on
+            # must not be renewed forever.
+            if self.huey.storage.holds(lease):
+                self.give_back(task)
+            self.events.job_finished(job, outcome, time.time() - job.started, wait)
+
+    def give_back(self, task):
+        storage = self.huey.storage
+        if task.settling:
+            # A settlement was sent and its answer lost: it may have landed. Leave the lease
+            # to expire; the reaper redelivers the job if it did not.
+            storage.forget(task.lease)
+            return
+        try:
+            storage.settle([Settlement("return", task.lease)])
+            log.warning("job %s returned to %s for another delivery", task.id, self.huey.queue)
+        except Exception:  # noqa: BLE001 - Redis gone too: the reaper redelivers it
+            log.warning("could not return job %s; it is redelivered when its lease expires",
+                        task.id)
+        finally:
+            storage.forget(task.lease)
 
     def settle_job(self, task) -> str:
         events, exc = task.outcomes, task.exception
@@ -149,33 +180,35 @@ class ClarityWorker(Worker):
         return self.handle_job_success(task, events)
 
     def handle_job_success(self, task, events) -> str:
-        self._settle(Settlement("ack", task.lease))
+        self._settle(task, Settlement("ack", task.lease))
         if S.SIGNAL_EXPIRED in events:
             return "expired"
         return "completed"
 
     def handle_job_retry(self, task, events) -> str:
-        # Huey re-enqueued the task (a retry, or rescheduled); the enqueue script ended the
-        # lease in the same step, so there is nothing to settle.
+        # Huey re-enqueued the task (ClarityHuey.retry_later); the enqueue script ended the
+        # lease in the same step (or refused a lease that was lost), so nothing to settle.
         self.huey.storage.forget(task.lease)
         return "retried" if S.SIGNAL_RETRYING in events else "scheduled"
 
     def handle_job_failure(self, task, exc) -> str:
-        reason = "canceled" if isinstance(exc, CancelExecution) else "error"
+        reason = ("canceled" if isinstance(exc, CancelExecution)
+                  else "timeout" if isinstance(exc, TaskTimeout) else "error")
         tb = "".join(traceback.format_exception(exc)) if exc is not None else ""
         error = (str(exc) or repr(exc)) if exc is not None else "unknown error"
         if isinstance(exc, CancelExecution) and not str(exc):
             error = "the handler gave up (CancelExecution) without retrying"
         log.error("job %s %s failed for good after %d delivery(ies): %s: %s", task.name,
                   task.id, task.lease.deliveries, type(exc).__name__, error)
-        self._settle(Settlement("fail", task.lease, reason=reason,
-                                error_type=type(exc).__name__ if exc else "Error",
-                                error=error, traceback=tb, attempts=self._attempts(task)))
+        self._settle(task, Settlement("fail", task.lease, reason=reason,
+                                      error_type=type(exc).__name__ if exc else "Error",
+                                      error=error, traceback=tb,
+                                      attempts=self._attempts(task)))
         return "failed"
 
     def handle_job_interrupted(self, task) -> str:
         log.warning("job %s interrupted by shutdown; returned to the queue", task.id)
-        self._settle(Settlement("requeue", task.lease))
+        self._settle(task, Settlement("release", task.lease))
         return "interrupted"
 
     def _attempts(self, task) -> int:
@@ -183,7 +216,8 @@ class ClarityWorker(Worker):
         configured = spec.retries if spec else 0
         return configured - (task.retries or 0) + 1
 
-    def _settle(self, settlement: Settlement):
+    def _settle(self, task, settlement: Settlement):
+        task.settling = True
         try:
             # Ask for the next job in the same round trip, unless we are stopping.
             self.huey.storage.settle([settlement], fetch=not self.stop_flag.is_set())
@@ -216,8 +250,13 @@ class ClarityScheduler(BaseProcess):
                 self._next_reap = start + self.reap_interval
                 self.reap()
             if self.periodic and start >= self._next_periodic:
-                self._next_periodic = start + 60 - (time.time() % 60)
-                for task in self.huey.read_periodic(None):
+                # Ticks follow Redis' clock, like everything that decides when work is due:
+                # workers with skewed clocks agree on which minute it is.
+                seconds, micros = storage.conn.time()
+                redis_now = seconds + micros / 1e6
+                self._next_periodic = start + 60 - (redis_now % 60)
+                stamp = dt.datetime.fromtimestamp(redis_now, dt.UTC).replace(tzinfo=None)
+                for task in self.huey.read_periodic(stamp):
                     log.info("enqueueing periodic task %s", task.name)
                     self.huey.enqueue(task)
         except RedisError as exc:
@@ -238,14 +277,19 @@ class ClarityScheduler(BaseProcess):
 
 
 class LeaseKeeper:
-    """One thread per process: renews held leases and writes the heartbeat."""
+    """One thread per process and queue: renews the leases this process works on, writes
+    the heartbeat, and (thread mode) takes back the lease of a job that overran its timeout.
+    It survives any error: logged, counted (`keeper_error`), and it goes on."""
 
     _instances: typing.ClassVar[dict[tuple[int, str], LeaseKeeper]] = {}
     _lock = threading.Lock()
 
-    def __init__(self, huey: ClarityHuey, state: RuntimeState):
+    def __init__(self, huey: ClarityHuey, state: RuntimeState, events: RuntimeEvents,
+                 enforce_timeouts: bool = False):
         self.huey = huey
         self.state = state
+        self.events = events
+        self.enforce_timeouts = enforce_timeouts
         # Renew well before a lease expires, and beat often enough that the admin's 30 s
         # "alive" window holds whatever the lease length.
         self.interval = min(5.0, max(0.2, huey.settings.lease_seconds / 3))
@@ -255,11 +299,11 @@ class LeaseKeeper:
                                        daemon=True)
 
     @classmethod
-    def ensure(cls, huey, state):
+    def ensure(cls, huey, state, events, enforce_timeouts=False):
         key = (os.getpid(), huey.queue)
         with cls._lock:
             if key not in cls._instances:
-                keeper = cls(huey, state)
+                keeper = cls(huey, state, events, enforce_timeouts)
                 cls._instances[key] = keeper
                 keeper.thread.start()
             return cls._instances[key]
@@ -268,8 +312,12 @@ class LeaseKeeper:
     def stop_all(cls):
         with cls._lock:
             keepers = list(cls._instances.values())
+            cls._instances.clear()
         for keeper in keepers:
             keeper.stopped.set()
+        for keeper in keepers:
+            if keeper.thread is not threading.current_thread():
+                keeper.thread.join(10)  # a heartbeat in flight must not land after sign-off
             keeper.sign_off()
 
     @property
@@ -284,25 +332,68 @@ class LeaseKeeper:
             pass
 
     def run(self):
-        storage = self.huey.storage
         while not self.stopped.wait(self.interval):
+            self.tick()
+
+    def tick(self):
+        for step in (self.take_back_overrun, self.renew, self.heartbeat):
             try:
-                lost = storage.renew()
-                if lost:
-                    log.warning("lost the lease of %d job(s) on %s (reaped while running: "
-                                "they may run twice): %s", len(lost), self.huey.queue,
-                                ", ".join(lost))
-                self.heartbeat()
-            except RedisError as exc:
-                log.warning("lease keeper on %s: %s", self.huey.queue, exc)
+                step()
+            except Exception as exc:
+                log.warning("lease keeper on %s: %s failed: %s: %s", self.huey.queue,
+                            step.__name__, type(exc).__name__, exc,
+                            exc_info=not isinstance(exc, RedisError))
+                self.events.keeper_error(self.huey.queue, type(exc).__name__)
+
+    def renew(self):
+        lost = self.huey.storage.renew()
+        if lost:
+            log.warning("lost the lease of %d job(s) on %s (reaped while running: they may run "
+                        "twice): %s", len(lost), self.huey.queue, ", ".join(lost))
+
+    def take_back_overrun(self):
+        """Thread mode: a thread cannot be killed, so a job past its task timeout loses its
+        lease instead: retried (the task's retries and backoff) or failed as `timeout`,
+        while the stuck thread is counted until its handler returns (its late settlement
+        is refused by the lease token)."""
+        if not self.enforce_timeouts:
+            return
+        now = time.time()
+        with self.state.lock:
+            overrun = [j for j in self.state.active.values()
+                       if j.queue == self.huey.queue and j.timeout and j.token not in
+                       self.state.stuck and now - j.started > j.timeout]
+            for job in overrun:
+                self.state.stuck[job.token] = job
+        for job in overrun:
+            self.time_out(job)
+
+    def time_out(self, job: ActiveJob):
+        task = copy.copy(job.task_object)
+        storage = self.huey.storage
+        storage.forget(task.lease)
+        error = TaskTimeout(f"ran past its timeout of {job.timeout:g}s (thread still busy)")
+        log.error("job %s %s ran past its %gs timeout; its lease is taken back", job.task,
+                  job.id, job.timeout)
+        retried = False
+        if task.retries:
+            retried = self.huey.retry_later(task, self.huey.retry_delay(task), error)
+        else:
+            storage.settle([Settlement("fail", task.lease, reason="timeout",
+                                       error_type="TaskTimeout", error=str(error),
+                                       attempts=job.deliveries)])
+        self.events.job_timed_out(job, retried)
 
     def heartbeat(self):
-        state = self.state
+        state, offset = self.state, self.huey.storage.clock_offset
         with state.lock:
-            doc = {"heartbeat": time.time(), "pid": os.getpid(), "host": os.uname().nodename,
-                   "concurrency": state.concurrency, "active": len(state.active),
+            # Stamped on Redis' clock (our clock + the offset renew measured), so that the
+            # admin, on another host, judges "alive" without trusting either host's clock.
+            doc = {"heartbeat": time.time() + offset, "pid": os.getpid(),
+                   "host": os.uname().nodename, "concurrency": state.concurrency,
+                   "active": len(state.active), "stuck": len(state.stuck),
                    "processed": state.processed, "failed": state.failed,
-                   "started": state.started_at, "version": __version__}
+                   "started": state.started_at + offset, "version": __version__}
         storage = self.huey.storage
         storage.conn.hset(storage.keys.workers, self.member, json.dumps(doc))
         if time.monotonic() >= self._next_prune:
@@ -312,7 +403,7 @@ class LeaseKeeper:
     def prune_dead_workers(self, older_than: float = 3600):
         """Forget heartbeats of workers gone for an hour (killed, or their host is gone)."""
         conn, key = self.huey.storage.conn, self.huey.storage.keys.workers
-        cutoff = time.time() - older_than
+        cutoff = time.time() + self.huey.storage.clock_offset - older_than
         stale = []
         for member, raw in conn.hgetall(key).items():
             try:
@@ -337,6 +428,9 @@ class QueueConsumer(Consumer):
     def _create_worker(self):
         worker = super()._create_worker()
         worker.state, worker.events = self.state, self.events
+        # Forked job processes get Huey's own SIGALRM timeout; threads cannot be interrupted,
+        # so there the lease keeper takes an overrunning job's lease back instead.
+        worker.enforce_timeouts = self.worker_type == WORKER_THREAD
         return worker
 
     def _create_scheduler(self):
@@ -395,7 +489,7 @@ class ClarityRunner:
         for c in self.consumers:
             c.start()
             # Keep a keeper in this (parent) process as well: thread workers share it.
-            LeaseKeeper.ensure(c.huey, self.state)
+            LeaseKeeper.ensure(c.huey, self.state, self.events, not self.processes)
         log.info("worker %s started: queues=%s concurrency=%d pid=%d version=%s redis=%s",
                  self.state.name, ",".join(self.state.queues), self.state.concurrency,
                  os.getpid(), __version__, self.settings.redis_display())
@@ -457,12 +551,7 @@ class ClarityRunner:
         log.info("worker %s received %s: stopping gracefully (up to %.0fs for running jobs)",
                  self.state.name, name, self.settings.shutdown_timeout)
         for c in self.consumers:
-            c.stop_flag.set()
-        for c in self.consumers:
-            try:
-                c.huey.storage.release_unstarted()
-            except RedisError:
-                log.warning("could not return unstarted jobs of %s", c.huey.queue)
+            c.stop_flag.set()  # a worker thread returns a job it fetched but did not start
         deadline = time.monotonic() + self.settings.shutdown_timeout
         for c in self.consumers:
             procs = [p for _, p in c.worker_threads] + [c.scheduler]
@@ -478,19 +567,14 @@ class ClarityRunner:
             for c in self.consumers:
                 c._interrupt_workers()
                 self._requeue_running(c)
-        for c in self.consumers:
-            try:  # a worker may have prefetched while we waited
-                c.huey.storage.release_unstarted()
-            except RedisError:
-                pass
         LeaseKeeper.stop_all()
         log.info("worker %s stopped: %d completed, %d failed", self.state.name,
                  self.state.processed, self.state.failed)
 
     def _requeue_running(self, consumer):
+        # Back at once, the delivery not charged: a shutdown is no fault of the job's.
         storage = consumer.huey.storage
-        held = [lease for lease in storage.held_leases() if lease.started]
         try:
-            storage.settle([Settlement("requeue", lease) for lease in held])
+            storage.settle([Settlement("release", lease) for lease in storage.held_leases()])
         except RedisError:
             log.warning("could not requeue running jobs; they return when their lease expires")

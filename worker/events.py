@@ -11,7 +11,7 @@ that must add up across processes (the metrics) write to shared files for that r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger("clarity.events")
 
@@ -25,6 +25,9 @@ class ActiveJob:
     task: str
     started: float  # time.time()
     deliveries: int
+    timeout: float | None = None  # the task's, in seconds
+    token: str = ""  # the lease's: one job may run twice at once (a stuck thread's turn)
+    task_object: object = field(default=None, repr=False)  # the Huey task (the watchdog's)
 
 
 class RuntimeEvents:
@@ -58,3 +61,12 @@ class RuntimeEvents:
 
     def leases_reaped(self, queue: str, requeued: int, abandoned: int) -> None:
         self._emit("leases_reaped", queue, requeued, abandoned)
+
+    def job_timed_out(self, job: ActiveJob, retried: bool) -> None:
+        """A thread ran `job` past its timeout: its lease was taken back (retried, or failed
+        as `timeout`); the thread itself is stuck until the handler returns."""
+        self._emit("job_timed_out", job, retried)
+
+    def keeper_error(self, queue: str, error: str) -> None:
+        """The lease keeper hit an error (it goes on)."""
+        self._emit("keeper_error", queue, error)

@@ -117,6 +117,15 @@ class HealthService:
                                   f"{age:.1f}s (stuck or dead)"}
         else:
             checks["consumer"] = {"ok": True, "lastTickSecondsAgo": round(age, 3)}
+        with self.state.lock:
+            stuck = [f"{j.task} {j.id} ({time.time() - j.started:.0f}s)"
+                     for j in self.state.stuck.values()]
+        if stuck:
+            checks["threads"] = {"ok": False, "reason": f"{len(stuck)} thread(s) stuck past "
+                                 f"their task timeout: {', '.join(stuck)}; restart the worker "
+                                 "if they do not return"}
+        else:
+            checks["threads"] = {"ok": True, "stuck": 0}
         rtt = self.probe.ping()
         if rtt is None:
             checks["redis"] = {"ok": False, "reason": f"Redis at {self.probe.display} does not "

@@ -42,6 +42,27 @@ def _int(value, default=0):
         return default
 
 
+def _history(raw) -> list[dict]:
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if not isinstance(entries, list):  # Lua's cjson writes an empty list as {}
+        return []
+    out = []
+    for e in entries:
+        if isinstance(e, dict):
+            out.append({"attempt": e.get("attempt"), "errorType": e.get("errorType"),
+                        "error": e.get("error"), "traceback": e.get("traceback"),
+                        "at": _iso_ms(e.get("at"))})
+    return out
+
+
+def _seconds(redis_time) -> float:
+    seconds, micros = redis_time
+    return seconds + micros / 1e6
+
+
 def _iso_ms(ms):
     if ms in (None, b"", ""):
         return None
@@ -83,7 +104,8 @@ class QueueManager:
         pipe.zcard(k.active)
         pipe.zcard(k.failed)
         pipe.exists(k.paused)
-        pipe.zcount(k.active, "-inf", int(time.time() * 1000))
+        # Expired by Redis' clock, not this host's (one clock decides what is due).
+        self.storage(queue)._expired(keys=[k.active], client=pipe)
 
     @staticmethod
     def _queue_counts(values) -> dict:
@@ -108,6 +130,7 @@ class QueueManager:
     def snapshot(self, workers: bool = True, info_sections: tuple[str, ...] = ()):
         """(counts per queue, workers, INFO) in one round trip: what an overview shows."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
         for queue in QUEUE_NAMES:
             self._queue_commands(pipe, queue)
         if workers:
@@ -115,13 +138,14 @@ class QueueManager:
                 pipe.hgetall(self.keys(queue).workers)
         if info_sections:
             pipe.info(*info_sections)
-        values = pipe.execute()
+        redis_now, *values = pipe.execute()
         width = (len(values) - (len(QUEUE_NAMES) if workers else 0)
                  - (1 if info_sections else 0)) // len(QUEUE_NAMES)
         counts = {q: self._queue_counts(values[i * width:(i + 1) * width])
                   for i, q in enumerate(QUEUE_NAMES)}
         rest = values[width * len(QUEUE_NAMES):]
-        seen = self._parse_workers(rest[:len(QUEUE_NAMES)]) if workers else []
+        seen = (self._parse_workers(rest[:len(QUEUE_NAMES)], _seconds(redis_now))
+                if workers else [])
         info = rest[-1] if info_sections else None
         return counts, seen, info
 
@@ -191,11 +215,16 @@ class QueueManager:
         return job, payload
 
     def get_job(self, queue: str, job_id: str) -> dict | None:
-        values = self.redis.hmget(self.keys(queue).job(job_id), self.FIELDS)
+        """One job with its payload and `history`: its failed attempts, oldest first (at
+        most the last five, each with error type, error, traceback and time)."""
+        *values, history, attempt = self.redis.hmget(
+            self.keys(queue).job(job_id), (*self.FIELDS, "history", "attempt"))
         if values[1] is None:  # no state: no such job
             return None
         job, payload = self._describe(queue, job_id, values)
         job["payload"] = payload
+        job["attempt"] = _int(attempt) + 1
+        job["history"] = _history(history)
         return job
 
     def find_job(self, job_id: str) -> dict | None:
@@ -352,6 +381,22 @@ class QueueManager:
     def list_failed(self, queue: str, limit: int = 50, offset: int = 0) -> dict:
         return self.list_jobs(queue, "failed", limit, offset)
 
+    def prune_failed(self, queue: str, max_age_seconds: float | None = None,
+                     max_count: int | None = None) -> dict[str, int]:
+        """Forget failed jobs older than `max_age_seconds`, then the oldest beyond
+        `max_count` (defaults: FAILED_RETENTION_DAYS, FAILED_MAX_JOBS); batches of 1000."""
+        if max_age_seconds is None:
+            max_age_seconds = self.settings.failed_retention_days * 86400
+        if max_count is None:
+            max_count = self.settings.failed_max_jobs
+        storage, total = self.storage(queue), {"age": 0, "count": 0}
+        while True:
+            by_age, by_count = storage.prune_failed(max_age_seconds, max_count)
+            total["age"] += by_age
+            total["count"] += by_count
+            if by_age < 1000 and by_count < 1000:
+                return total
+
     def retry_failed(self, queue: str, job_id: str | None = None) -> int:
         """Move one failed job (or all of them) back to the waiting set."""
         storage = self.storage(queue)
@@ -372,18 +417,112 @@ class QueueManager:
         """Run a delayed job now."""
         return self.storage(queue).promote_due(ids=[job_id]) > 0
 
+    # -- signing keys --------------------------------------------------------------------
+
+    def signing_keys(self, queue: str) -> dict[str, int]:
+        """How many jobs (in every state) each signing key id sealed: "v1" for the older
+        form without a key id, "unsigned" for anything else. O(jobs)."""
+        from worker.hueys import get_huey
+
+        serializer, k = get_huey(queue, self.settings).serializer, self.keys(queue)
+        counts: dict[str, int] = {}
+        for _job_id, msg in self._messages_of(k, [k.waiting, k.delayed, k.active, k.failed]):
+            kid = serializer.key_id(msg) or ("v1" if msg.startswith(b"v1.") else "unsigned")
+            counts[kid] = counts.get(kid, 0) + 1
+        return counts
+
+    def resign(self, queue: str) -> int:
+        """Re-seal with JOB_SIGNING_SECRET every waiting, delayed or failed job sealed with a
+        previous secret (the last step of a rotation). A job that moves meanwhile is left as
+        it is: its worker re-signs it on a retry. Returns the number re-signed."""
+        from worker.hueys import get_huey
+
+        serializer, k = get_huey(queue, self.settings).serializer, self.keys(queue)
+        script = self.storage(queue)._resign
+        done = 0
+        batch: list[tuple[str, bytes, bytes]] = []
+        for job_id, msg in self._messages_of(k, [k.waiting, k.delayed, k.failed]):
+            resealed = serializer.resign(msg)
+            if resealed is not None:
+                batch.append((job_id, msg, resealed))
+            if len(batch) == 200:
+                done += int(script(keys=[k.job(j) for j, _, _ in batch],
+                                   args=[x for _, old, new in batch for x in (old, new)]))
+                batch = []
+        if batch:
+            done += int(script(keys=[k.job(j) for j, _, _ in batch],
+                               args=[x for _, old, new in batch for x in (old, new)]))
+        return done
+
+    def _messages_of(self, k: QueueKeys, sets: list[str], page: int = 500):
+        for zset in sets:
+            start = 0
+            while True:
+                ids = [_text(i) for i in self.redis.zrange(zset, start, start + page - 1)]
+                if not ids:
+                    break
+                pipe = self.redis.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.hget(k.job(job_id), "msg")
+                for job_id, msg in zip(ids, pipe.execute(), strict=True):
+                    if msg is not None:
+                        yield job_id, msg
+                start += page
+
+    # -- invariants ----------------------------------------------------------------------
+
+    def check_invariants(self, queue: str) -> list[str]:
+        """What breaks "a job is in exactly one state set, with its hash, whose state says
+        that set": members of two sets, members without a hash, hashes with a wrong or no
+        state, hashes in no set (a lost job). Empty when all holds.
+
+        It reads every set and SCANs the job hashes, so it costs O(jobs): for tests at rest
+        and for an operator's check of a quiet queue, not for a busy one (jobs move while it
+        reads, which shows as false alarms)."""
+        k = self.keys(queue)
+        sets = {state.value: getattr(k, state.value) for state in JobState}
+        members: dict[str, str] = {}
+        problems = []
+        for state, key in sets.items():
+            for raw in self.redis.zrange(key, 0, -1):
+                job_id = _text(raw)
+                if job_id in members:
+                    problems.append(f"{job_id}: in both {members[job_id]} and {state}")
+                members[job_id] = state
+        pipe = self.redis.pipeline(transaction=False)
+        ids = list(members)
+        for job_id in ids:
+            pipe.hget(k.job(job_id), "state")
+        for job_id, state in zip(ids, pipe.execute(), strict=True):
+            if state is None:
+                problems.append(f"{job_id}: in {members[job_id]} but its hash is gone")
+            elif _text(state) != members[job_id]:
+                problems.append(f"{job_id}: in {members[job_id]} but its hash says "
+                                f"{_text(state)}")
+        prefix = k.job_prefix
+        for raw in self.redis.scan_iter(match=prefix.replace("[", "\\[") + "*", count=1000):
+            job_id = _text(raw)[len(prefix):]
+            if job_id not in members:
+                state = self.redis.hget(raw, "state")
+                if state is not None or self.redis.exists(raw):
+                    problems.append(f"{job_id}: a hash (state {_text(state)}) in no state set: "
+                                    "a lost job")
+        return problems
+
     # -- workers -------------------------------------------------------------------------
 
     def workers(self) -> list[dict]:
         """Workers seen through their heartbeats (written every few seconds)."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
         for queue in QUEUE_NAMES:
             pipe.hgetall(self.keys(queue).workers)
-        return self._parse_workers(pipe.execute())
+        redis_now, *per_queue = pipe.execute()
+        return self._parse_workers(per_queue, _seconds(redis_now))
 
     @staticmethod
-    def _parse_workers(per_queue) -> list[dict]:
-        now = time.time()
+    def _parse_workers(per_queue, now: float) -> list[dict]:
+        """Heartbeats are stamped on Redis' clock; `now` is Redis' too."""
         out = []
         for queue, entries in zip(QUEUE_NAMES, per_queue, strict=True):
             for name, raw in entries.items():

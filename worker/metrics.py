@@ -106,6 +106,12 @@ class JobMetrics:
         self.reaped = Counter("clarity_leases_reaped", "Expired leases handled by the reaper: "
                               "requeued, or abandoned after too many deliveries",
                               ["queue", "outcome"], registry=registry)
+        self.timed_out = Counter("clarity_jobs_timed_out", "Jobs that ran past their task "
+                                 "timeout in a thread: lease taken back, retried or failed",
+                                 ["queue", "task", "outcome"], registry=registry)
+        self.keeper_errors = Counter("clarity_lease_keeper_errors", "Errors the lease keeper "
+                                     "survived (renewal, heartbeat, timeouts)",
+                                     ["queue", "error"], registry=registry)
 
     # -- event subscriber (worker.events.RuntimeEvents) ----------------------------------
 
@@ -126,6 +132,12 @@ class JobMetrics:
 
     def bad_message(self, queue: str, task: str, reason: str) -> None:
         self.bad_messages.labels(queue, task or "?", reason.replace(" ", "_")).inc()
+
+    def job_timed_out(self, job, retried: bool) -> None:
+        self.timed_out.labels(job.queue, job.task, "retried" if retried else "failed").inc()
+
+    def keeper_error(self, queue: str, error: str) -> None:
+        self.keeper_errors.labels(queue, error).inc()
 
     def leases_reaped(self, queue: str, requeued: int, abandoned: int) -> None:
         if requeued:
@@ -155,6 +167,12 @@ class ScrapeCollector:
                                     "Unix time this worker process started", unit="")
         started.add_metric([], self.state.started_at)
         yield started
+        with self.state.lock:
+            stuck_count = len(self.state.stuck)
+        stuck = GaugeMetricFamily("clarity_worker_stuck_threads", "Threads still running a job "
+                                  "past its task timeout (its lease was taken back)")
+        stuck.add_metric([], stuck_count)
+        yield stuck
 
         rtt = self.probe.ping()
         redis_up = GaugeMetricFamily("clarity_redis_up", "1 when Redis answered PING")

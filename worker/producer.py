@@ -18,6 +18,7 @@ from worker.messages import dumps
 from worker.queues import Priority, check_queue
 from worker.registry import TaskSpec, get_spec, load_task_modules
 from worker.settings import Settings, get_settings
+from worker.storage import WireJob
 
 MAX_PAST_SCHEDULE = dt.timedelta(days=1)
 MAX_DELAY = dt.timedelta(days=366)
@@ -53,7 +54,9 @@ class ValidatedJob:
     spec: TaskSpec
     payload_json: bytes  # the payload, encoded once
     priority: int
-    eta: dt.datetime | None  # naive UTC; None: run now
+    eta: dt.datetime | None  # naive UTC, for people and the legacy table; None: run now
+    delay_ms: int = 0  # "in N seconds": Redis' clock turns it into the due time
+    idempotency_ttl: float | None = None  # seconds the key is kept; None: IDEMPOTENCY_TTL
 
     @property
     def queue(self) -> str:
@@ -99,11 +102,12 @@ def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     except ValueError as exc:
         raise JobError("priority", str(exc)) from None
     eta = _resolve_eta(req.delay, req.scheduled_at)
+    delay_ms = int(req.delay * 1000) if req.delay else 0
     if req.idempotency_key is not None:
         key = req.idempotency_key
         if not isinstance(key, str) or not 1 <= len(key) <= 200 or not key.isprintable():
             raise JobError("idempotency_key", "must be 1..200 printable characters")
-    return ValidatedJob(req, spec, encoded, priority, eta)
+    return ValidatedJob(req, spec, encoded, priority, eta, delay_ms)
 
 
 def _resolve_eta(delay, scheduled_at):
@@ -159,8 +163,9 @@ def _wire(huey, job: ValidatedJob, job_id: str) -> tuple:
     data = huey.serializer.encode_new_job(job_id, spec.name, job.payload_json, job.priority,
                                           job.eta, spec.retries, spec.retry_delay,
                                           spec.timeout)
-    return (job_id, data, job.priority, eta_ms(job.eta), spec.name,
-            job.request.idempotency_key)
+    return WireJob(job_id, data, job.priority, 0 if job.delay_ms else eta_ms(job.eta),
+                   job.delay_ms, spec.name, job.request.idempotency_key,
+                   idempotency_ttl=job.idempotency_ttl)
 
 
 def enqueue_many(requests: list[JobRequest | ValidatedJob], *,

@@ -11,7 +11,8 @@ from importlib import resources
 
 from worker.queues import MAX_PRIORITY, PRIORITY_BAND
 
-NAMES = ("enqueue", "lease", "renew", "reap", "promote", "move_failed", "remove")
+NAMES = ("enqueue", "lease", "renew", "reap", "promote", "move_failed", "remove", "expired",
+         "prune_failed", "resign")
 
 
 def _read(name: str) -> str:

@@ -7,13 +7,21 @@ expected form and never echoes a secret's value.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.queues import QUEUE_NAMES
@@ -51,6 +59,10 @@ class Settings(ClarityBaseSettings):
 
     # Message signing (HMAC-SHA256). Shared by producers and workers.
     signing_secret: SecretStr = Field(alias="JOB_SIGNING_SECRET")
+    # Verify-only secrets while rotating (comma-separated): jobs signed with any of them
+    # still run; new ones are signed with JOB_SIGNING_SECRET.
+    signing_previous_secrets: SecretStr | None = Field(
+        default=None, alias="JOB_SIGNING_PREVIOUS_SECRETS")
 
     # Worker runtime.
     worker_concurrency: int = Field(default=4, ge=1, le=256)
@@ -61,6 +73,9 @@ class Settings(ClarityBaseSettings):
     lease_seconds: float = Field(default=30.0, ge=0.5, le=3600)
     max_deliveries: int = Field(default=5, ge=1, le=100)
     shutdown_timeout: float = Field(default=60.0, ge=0)
+    # The failed set, per queue: pruned by the hourly cleanup (QueueManager.prune_failed).
+    failed_retention_days: float = Field(default=30.0, gt=0, le=3650)
+    failed_max_jobs: int = Field(default=100_000, ge=1)
     task_modules: str = ""
 
     # Admin API.
@@ -69,6 +84,8 @@ class Settings(ClarityBaseSettings):
     # entries and this many bytes (entries are cut to 1 KiB each; see worker/audit.py).
     audit_max_entries: int = Field(default=10_000, ge=100, le=1_000_000)
     audit_max_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+
+    _huey_key: str | None = PrivateAttr(default=None)
 
     # Logging.
     log_level: str = Field(default="INFO")
@@ -101,6 +118,22 @@ class Settings(ClarityBaseSettings):
                              "`python3 -c 'import secrets; print(secrets.token_hex(32))'`)")
         return value
 
+    @field_validator("signing_previous_secrets")
+    @classmethod
+    def _previous_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if any(len(s.strip()) < 16 for s in value.get_secret_value().split(",")):
+            raise ValueError("each secret must be at least 16 characters (comma-separated)")
+        return value
+
+    @property
+    def previous_signing_secrets(self) -> tuple[str, ...]:
+        if self.signing_previous_secrets is None:
+            return ()
+        return tuple(s.strip() for s in self.signing_previous_secrets.get_secret_value()
+                     .split(",") if s.strip())
+
     @model_validator(mode="after")
     def _redis_url_form(self) -> Settings:
         if self.redis_url is not None:
@@ -108,6 +141,16 @@ class Settings(ClarityBaseSettings):
             if not url.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         return self
+
+    def huey_key(self) -> str:
+        """What a queue's Huey instance depends on, hashed: callers that pass different
+        settings (another Redis, a rotated secret) get their own instance."""
+        if self._huey_key is None:
+            parts = (self.redis_connection_url(), self.redis_key_prefix,
+                     self.signing_secret.get_secret_value(), *self.previous_signing_secrets,
+                     repr(self.lease_seconds), str(self.max_deliveries), self.task_modules)
+            self._huey_key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+        return self._huey_key
 
     @property
     def queues(self) -> list[str]:

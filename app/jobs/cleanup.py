@@ -30,6 +30,8 @@ from app.db.schema import (
     webhook_events,
 )
 from app.jobs.settings import HandlerSettings, get_handler_settings
+from worker.management import QueueManager
+from worker.queues import QUEUE_NAMES
 from worker.registry import periodic_task, task
 
 log = logging.getLogger("clarity.tasks.cleanup")
@@ -132,13 +134,25 @@ def cleanup_once(settings: HandlerSettings | None = None, engine: Engine | None 
         return {"skipped": True}
 
 
+def prune_failed_jobs() -> dict[str, dict[str, int]]:
+    """The queues' failed sets past FAILED_RETENTION_DAYS or beyond FAILED_MAX_JOBS."""
+    manager = QueueManager()
+    pruned = {queue: manager.prune_failed(queue) for queue in QUEUE_NAMES}
+    if any(sum(n.values()) for n in pruned.values()):
+        log.info("pruned failed jobs: %s", pruned)
+    return pruned
+
+
 @periodic_task("cleanup", crontab(minute="17", hour="*/1"), name="cleanup_run")
 def cleanup_run(payload: dict) -> dict:
-    """Hourly: prune past-retention rows and temp files, reporting the counts.
+    """Hourly: prune past-retention rows, temp files and old failed jobs, reporting the
+    counts.
 
     Under redelivery: deleting what is past retention is idempotent; a concurrent second
     run (redelivery while the first still runs) finds the lock taken and does nothing."""
-    return cleanup_once()
+    report = cleanup_once()
+    report["failed_jobs"] = prune_failed_jobs()
+    return report
 
 
 @task("cleanup", name="cleanup_now", retries=2, retry_delay=60.0)

@@ -15,6 +15,8 @@ and a bad value raises `SettingsError` naming the variable.
 | BREAKER_RESET_SECONDS     | 5        | open this long, then one probe (half-open)            |
 | MIGRATION_OVERRIDE_TTL    | 2        | seconds the router caches the rollback switch         |
 | LEGACY_CLAIM_SECONDS      | 300      | a claim older than this was a crashed poller's        |
+| FALLBACK_DEDUPE_SECONDS   | 86400    | with the fallback on, the queue keeps each job's id   |
+|                           |          | this long, so an unsure hand-back cannot run it twice |
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class MigrationSettings(ClarityBaseSettings):
     breaker_reset_seconds: float = Field(default=5.0, gt=0, le=3600)
     migration_override_ttl: float = Field(default=2.0, ge=0, le=300)
     legacy_claim_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    # How long the queue remembers a job's id against an unsure fallback's hand-back (only
+    # with FALLBACK_TO_LEGACY). An unsure row handed back later than this may run twice.
+    fallback_dedupe_seconds: float = Field(default=86_400.0, ge=60, le=30 * 86_400)
 
 
 DEPRECATED = {"ENABLE_BULLMQ": "ENABLE_QUEUE"}

@@ -335,3 +335,22 @@ def test_metrics_need_a_key_and_count_requests(client):
     client.get(URL, headers=READONLY)
     text = client.get("/metrics", headers=READONLY).get_data(as_text=True)
     assert "clarity_admin_requests_total" in text and 'endpoint="api.queue_get"' in text
+
+
+def test_jobs_written_into_redis_by_hand_are_shown_never_a_500(client, manager):
+    import uuid
+
+    from worker.storage import WireJob
+
+    planted = []
+    for body in (b'd{"task":"record"}', b"[1, 2]", b"\x00\xff garbage",
+                 b"v2.deadbeef." + b"A" * 43 + b".[1]", b"v1." + b"0" * 64 + b".[1]"):
+        job_id = str(uuid.uuid4())
+        manager.storage("sync").enqueue_jobs([WireJob(job_id, body, 3, task="record")])
+        planted.append(job_id)
+    for job_id in planted:
+        response = client.get(URL + f"?action=job&queue=sync&id={job_id}", headers=READONLY)
+        assert response.status_code == 200 and response.get_json()["state"] == "waiting"
+    listed = client.get(URL + "?action=jobs&queue=sync&state=waiting", headers=READONLY)
+    assert listed.status_code == 200 and len(listed.get_json()["jobs"]) == len(planted)
+    assert client.get(URL + "?action=overview", headers=READONLY).status_code == 200

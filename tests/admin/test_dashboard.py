@@ -149,13 +149,14 @@ def test_static_files_are_served(client):
 
 def test_workers_with_their_last_heartbeat_and_counters(client, manager):
     import json
-    import time
 
     key = manager.keys("email").workers
+    seconds, micros = manager.redis.time()  # heartbeats are stamped on Redis' clock
+    now = seconds + micros / 1e6
     manager.redis.hset(key, "host-a:123", json.dumps({
-        "heartbeat": time.time() - 3, "pid": 123, "concurrency": 4, "active": 1,
+        "heartbeat": now - 3, "pid": 123, "concurrency": 4, "active": 1,
         "processed": 42, "failed": 2}))
-    manager.redis.hset(key, "host-b:9", json.dumps({"heartbeat": time.time() - 300}))
+    manager.redis.hset(key, "host-b:9", json.dumps({"heartbeat": now - 300}))
     login(client)
     page = client.get("/").text
     assert "host-a:123" in page and "alive" in page and "silent" in page

@@ -18,13 +18,13 @@ for _, id in ipairs(expired) do
           (meta[3] or '?') .. '); the worker died or hung while running it',
         'traceback', '', 'attempts', meta[1] or '0', 'last_failed', now)
       redis.call('HSETNX', job, 'first_failed', now)
-      redis.call('HDEL', job, 'lease', 'consumer')
+      redis.call('HDEL', job, 'lease', 'consumer', 'leased_at')
       redis.call('ZADD', KEYS[3], now, id)
       abandoned = abandoned + 1
     else
       redis.call('ZADD', KEYS[2], tonumber(meta[2]), id)
       redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'redelivered', 1)
-      redis.call('HDEL', job, 'lease', 'consumer')
+      redis.call('HDEL', job, 'lease', 'consumer', 'leased_at')
       requeued = requeued + 1
     end
   end
