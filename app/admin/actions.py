@@ -250,16 +250,20 @@ def get_job(queue: str | None, job_id: str) -> dict:
 
 
 def attempts(job: dict) -> list[dict]:
-    """Each failed attempt (oldest first) with its error and traceback: the job's history
-    when the core records one, else the latest failure it keeps."""
-    history = job.get("history") or []
-    if history:
-        return [dict(h) for h in history]
-    if job.get("state") == "failed" or job.get("error"):
-        return [{"attempt": job.get("attempts") or 1, "errorType": job.get("errorType"),
-                 "error": job.get("error"), "traceback": job.get("traceback"),
-                 "reason": job.get("reason"), "at": job.get("lastFailedAt")}]
-    return []
+    """Each failed attempt (oldest first) with its error and traceback: the core's history
+    of retried attempts, then the failure that parked the job when it is failed (the core
+    keeps that one in the job's own error fields)."""
+    history = [dict(h) for h in job.get("history") or []]
+    if job.get("state") == "failed" or (job.get("error") and not history):
+        final = {"attempt": (history[-1].get("attempt") or len(history)) + 1 if history
+                 else job.get("attempts") or 1,
+                 "errorType": job.get("errorType"), "error": job.get("error"),
+                 "traceback": job.get("traceback"), "reason": job.get("reason"),
+                 "at": job.get("lastFailedAt")}
+        last = history[-1] if history else None
+        if last is None or (last.get("at"), last.get("error")) != (final["at"], final["error"]):
+            history.append(final)
+    return history
 
 
 WINDOWS = {"hour": (60, 1), "day": (1440, 15)}  # minutes shown, minutes per point

@@ -225,3 +225,17 @@ def test_dashboard_says_redis_is_down_instead_of_an_error_page(configure, redis_
         assert "the queue store (Redis) is unavailable" in page.text
         assert "Traceback" not in page.text and "ConnectionError" not in page.text
     reset_admin_settings_cache()
+
+
+def test_job_page_lists_every_attempt_of_a_job_retried_by_a_real_worker(client, workers,
+                                                                         manager):
+    workers(queues=("sync",))
+    job = enqueue("sync", "flaky", {"n": "attempts"})  # 3 retries, then failed for good
+    wait_for(lambda: (manager.get_job("sync", job.id) or {}).get("state") == "failed",
+             timeout=30, message="the flaky job to fail for good")
+    body = client.get(f"{URL}?action=job&queue=sync&id={job.id}", headers=ADMIN).get_json()
+    errors = [a["error"] for a in body["history"]]
+    assert errors[-1] == "flaky failure 4 of job attempts", errors
+    assert len(errors) >= 2 and all(e.startswith("flaky failure") for e in errors)
+    assert [a["attempt"] for a in body["history"]] == sorted(a["attempt"] for a in
+                                                             body["history"])
