@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass, replace
 
 import redis
@@ -38,7 +37,7 @@ from app.migration.breaker import CircuitBreaker
 from app.migration.config import MigrationSettings
 from app.migration.legacy import LegacyStore, NewRow, Origin
 from app.migration.router import LEGACY, QUEUE, Router
-from worker.producer import JobRequest, enqueue_many, validate
+from worker.producer import JobRequest, enqueue_many, new_job_id, validate
 from worker.registry import load_task_modules
 from worker.settings import Settings
 
@@ -167,7 +166,7 @@ class Dispatcher:
         for job in jobs:
             req = job.request
             checked = validate(req)
-            job_id = req.job_id or uuid.uuid4().hex
+            job_id = req.job_id or new_job_id()
             key = req.idempotency_key or (f"job:{job_id}" if own_keys else None)
             ttl = (None if req.idempotency_key or not own_keys
                    else self.migration.fallback_dedupe_seconds)

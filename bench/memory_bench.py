@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.devstack.redis_server import RedisServer  # noqa: E402
+from app.devstack.redis_server import RedisServer
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 PAYLOAD = {"user_id": 123456, "sync_type": "SCHEDULED"}  # a typical small job

@@ -52,8 +52,8 @@ def runner(env, monkeypatch):
     started = []
 
     def run(concurrency=1, **settings):
-        for key, value in settings.items():
-            monkeypatch.setenv(key.upper(), str(value))
+        for key, setting in settings.items():
+            monkeypatch.setenv(key.upper(), str(setting))
         from worker.settings import reset_settings_cache
 
         reset_settings_cache()

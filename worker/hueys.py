@@ -173,16 +173,17 @@ class ClarityHuey(Huey):
         if lease is None or lease is PAUSED:
             return lease
         try:
-            task = self.deserialize_task(lease.data)
+            task = self._registry.create_task(self.serializer.decode_job(
+                lease.data, lease.id, lease.priority))
         except Exception as exc:  # noqa: BLE001 - whatever it is, it must not run
             self._refuse(lease, exc)
         task.lease = lease
         return task
 
-    def deserialize_task(self, data: bytes):
+    def deserialize_task(self, data: bytes, job_id: str = "", priority: int | None = None):
         # Only the signed job form decodes: never Huey's plain `d` form, which the serializer
         # keeps for its own key-value data.
-        return self._registry.create_task(self.serializer.decode_job(data))
+        return self._registry.create_task(self.serializer.decode_job(data, job_id, priority))
 
     def _refuse(self, lease: Lease, exc: Exception):
         if not isinstance(exc, BadMessage):

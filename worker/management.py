@@ -442,7 +442,7 @@ class QueueManager:
         done = 0
         batch: list[tuple[str, bytes, bytes]] = []
         for job_id, msg in self._messages_of(k, [k.waiting, k.delayed, k.failed]):
-            resealed = serializer.resign(msg)
+            resealed = serializer.resign(msg, job_id)
             if resealed is not None:
                 batch.append((job_id, msg, resealed))
             if len(batch) == 200:

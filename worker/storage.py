@@ -65,6 +65,7 @@ class Lease:
     enqueued_ms: int
     consumer: str
     token: str
+    priority: int = Priority.NORMAL
 
 
 @dataclass
@@ -131,11 +132,11 @@ class ReliableRedisStorage(PriorityRedisStorage):
         fresh_flag = "1" if fresh else "0"
         job_prefix, idem_prefix = k.job_prefix, k.idem_prefix
         for job in jobs:
-            job_id, data, priority, eta_ms, delay_ms, task, idem, lease, history, ttl = \
+            job_id, data, priority, eta_ms, delay_ms, _task, idem, lease, history, ttl = \
                 WireJob(*job) if not isinstance(job, WireJob) else job
             job_key = job_prefix + job_id
             keys += [job_key, idem_prefix + idem if idem else job_key]
-            args += [job_id, data, int(priority), eta_ms or 0, delay_ms or 0, task,
+            args += [job_id, data, int(priority), eta_ms or 0, delay_ms or 0,
                      int((ttl or idempotency_ttl) * 1000) if idem else 0, fresh_flag,
                      lease or "", history or ""]
         flat = self._enqueue(keys=keys, args=args)
@@ -198,7 +199,7 @@ class ReliableRedisStorage(PriorityRedisStorage):
             self._thread.found_empty = want and bool(settlements)
             return None
         lease = Lease(_text(result[2]), result[3], int(result[4]), int(result[5]),
-                      int(result[6]), self.consumer_id, _text(result[7]))
+                      int(result[6]), self.consumer_id, _text(result[7]), int(result[8]))
         with self._lock:
             self._held[lease.id] = lease
         return lease

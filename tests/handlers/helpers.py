@@ -41,5 +41,5 @@ def waiting_jobs(queue: str) -> list[tuple[dict, int]]:
     out = []
     for job_id in conn.zrange(keys.waiting, 0, -1):
         msg, prio = conn.hmget(keys.job(job_id.decode()), "msg", "prio")
-        out.append((huey.deserialize_task(msg).args[0], int(prio)))
+        out.append((huey.deserialize_task(msg, job_id.decode()).args[0], int(prio)))
     return out

@@ -1,10 +1,10 @@
 -- Enqueue one or more jobs atomically: new jobs, and retries of running ones.
 -- KEYS: waiting, delayed, seq, wake, active, then per job: job hash, idempotency key (or the
 --       job hash again when there is none)
--- ARGV: per job 10 values:
+-- ARGV: per job 9 values:
 --   id, message, priority, eta_ms (absolute due time, 0: none), delay_ms (due this long
---   after now by Redis' clock, 0: none), task, idem_ttl_ms (0: no idempotency key),
---   fresh, lease, history
+--   after now by Redis' clock, 0: none), idem_ttl_ms (0: no idempotency key), fresh, lease,
+--   history
 -- `fresh` = 1: a new id the producer just made, so no earlier job can exist (saves a lookup).
 -- `lease` = '': a new job; a job with this id that already exists is left alone (created 0).
 -- `lease` = a holder token: a retry or reschedule of the running job. Only the current
@@ -24,11 +24,11 @@ local HISTORY_KEPT = 5
 for i = 0, n - 1 do
   local job = KEYS[6 + i * 2]
   local idem = KEYS[7 + i * 2]
-  local a = 1 + i * 10
+  local a = 1 + i * 9
   local id, msg, prio, eta, delay = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]),
     tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local task, idem_ttl, fresh, lease, history = ARGV[a + 5], tonumber(ARGV[a + 6]),
-    ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
+  local idem_ttl, fresh, lease, history = tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7],
+    ARGV[a + 8]
   local has_idem = idem_ttl > 0
   seq = seq + 1
   local due = 0
@@ -77,17 +77,18 @@ for i = 0, n - 1 do
         redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'delayed', 'eta', due)
       else
         redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'delayed', 'eta', due,
-          'enq', now, 'task', task)
+          'enq', now)
       end
     else
       local score = waiting_score(prio, seq)
       redis.call('ZADD', KEYS[1], score, id)
       if retry then
         redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'waiting', 'ready', now,
-          'score', score)
+          'seq', seq)
       else
-        redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'waiting', 'ready', now,
-          'score', score, 'enq', now, 'task', task)
+        -- `ready` (when it became runnable) is `enq` until a move sets it: not stored twice.
+        redis.call('HSET', job, 'msg', msg, 'prio', prio, 'state', 'waiting', 'seq', seq,
+          'enq', now)
       end
       woken = woken + 1
     end

@@ -17,7 +17,7 @@
 -- ARGV: job key prefix, want (1: lease one, 0: settle only), lease_ms, consumer,
 --       max_deliveries, then groups of 8: op, id, token, reason, error_type, error,
 --       traceback, attempts
--- Returns {settled, status, [id, message, deliveries, ready_ms, enqueued_ms, token]}:
+-- Returns {settled, status, [id, message, deliveries, ready_ms, enqueued_ms, token, prio]}:
 -- status -1 paused, else the number leased (0 or 1).
 local now = now_ms()
 local prefix = ARGV[1]
@@ -39,9 +39,8 @@ for i = 6, #ARGV, 8 do
     if op == 'ack' then
       redis.call('DEL', job)
     elseif op == 'release' or op == 'return' then
-      local score = tonumber(redis.call('HGET', job, 'score') or '0')
       if op == 'release' then redis.call('HINCRBY', job, 'deliveries', -1) end
-      redis.call('ZADD', KEYS[1], score, id)
+      redis.call('ZADD', KEYS[1], job_score(job), id)
       redis.call('HSET', job, 'state', 'waiting', 'ready', now)
       redis.call('HDEL', job, 'lease', 'consumer', 'leased_at')
       woken = woken + 1
@@ -71,7 +70,7 @@ if #popped == 0 then
 end
 local id = popped[1]
 local job = prefix .. id
-local meta = redis.call('HMGET', job, 'msg', 'ready', 'enq')
+local meta = redis.call('HMGET', job, 'msg', 'ready', 'enq', 'prio')
 if not meta[1] then
   return {settled, 0}  -- a set member without its hash: nothing to run
 end
@@ -81,4 +80,5 @@ local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
 redis.call('HSET', job, 'state', 'active', 'consumer', consumer, 'lease', token,
   'leased_at', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
-return {settled, 1, id, meta[1], deliveries, meta[2] or now, meta[3] or now, token}
+return {settled, 1, id, meta[1], deliveries, meta[2] or meta[3] or now, meta[3] or now, token,
+  meta[4] or 3}

@@ -15,9 +15,10 @@ for _, id in ipairs(ids) do
   local job = ARGV[2] .. id
   if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HEXISTS', job, 'msg') == 1 then
     local prio = tonumber(redis.call('HGET', job, 'prio') or '3')
-    local score = waiting_score(prio, redis.call('INCR', KEYS[3]))
+    local seq = redis.call('INCR', KEYS[3])
+    local score = waiting_score(prio, seq)
     redis.call('ZADD', KEYS[2], score, id)
-    redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'score', score, 'deliveries', 0)
+    redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'seq', seq, 'deliveries', 0)
     redis.call('HINCRBY', job, 'manual_retries', 1)
     moved = moved + 1
   end

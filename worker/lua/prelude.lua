@@ -16,6 +16,13 @@ local function waiting_score(priority, seq)
   return (MAX_PRIORITY - priority) * PRIORITY_BAND + seq
 end
 
+-- A job's place in `waiting` from its hash: priority and sequence number (the score itself
+-- is not stored: 15 digits per job).
+local function job_score(job)
+  local meta = redis.call('HMGET', job, 'prio', 'seq')
+  return waiting_score(tonumber(meta[1] or '3'), tonumber(meta[2] or '0'))
+end
+
 -- Wake `n` idle consumers blocked on the queue's wake list (at most 64 tokens per call,
 -- the list capped at WAKE_TOKENS_MAX).
 local function wake(wake_key, n)

@@ -16,10 +16,11 @@ end
 for _, id in ipairs(ids) do
   local job = ARGV[2] .. id
   local prio = tonumber(redis.call('HGET', job, 'prio') or '3')
-  local score = waiting_score(prio, redis.call('INCR', KEYS[3]))
+  local seq = redis.call('INCR', KEYS[3])
+  local score = waiting_score(prio, seq)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZADD', KEYS[2], score, id)
-  redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'score', score)
+  redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'seq', seq)
 end
 wake(KEYS[4], #ids)
 return #ids

@@ -9,7 +9,7 @@ local requeued, abandoned = 0, 0
 for _, id in ipairs(expired) do
   local job = ARGV[3] .. id
   redis.call('ZREM', KEYS[1], id)
-  local meta = redis.call('HMGET', job, 'deliveries', 'score', 'consumer')
+  local meta = redis.call('HMGET', job, 'deliveries', 'msg', 'consumer')
   if meta[2] then
     if tonumber(meta[1] or '0') >= tonumber(ARGV[1]) then
       redis.call('HSET', job, 'state', 'failed', 'reason', 'abandoned',
@@ -22,7 +22,7 @@ for _, id in ipairs(expired) do
       redis.call('ZADD', KEYS[3], now, id)
       abandoned = abandoned + 1
     else
-      redis.call('ZADD', KEYS[2], tonumber(meta[2]), id)
+      redis.call('ZADD', KEYS[2], job_score(job), id)
       redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'redelivered', 1)
       redis.call('HDEL', job, 'lease', 'consumer', 'leased_at')
       requeued = requeued + 1
