@@ -276,7 +276,15 @@ class QueueManager:
         return {"jobs": jobs, "total": int(total), "offset": offset, "limit": limit,
                 "nextOffset": next_offset if next_offset < int(total) else None}
 
-    FILTER_FIELDS = ("task", "error_type", "reason")
+    # The task is in the message (the hash keeps no copy of it), so filters read both.
+    FILTER_FIELDS = ("task", "error_type", "reason", "msg")
+
+    @staticmethod
+    def _filter_values(values) -> tuple[str | None, str | None]:
+        """(task, error kind) of a job from its FILTER_FIELDS."""
+        task, etype, reason, msg = values
+        task = _text(task) or (peek_job(msg).get("task") if msg else None)
+        return task, _text(etype) or _text(reason)
 
     def find_jobs(self, queue: str, state: str, *, task: str | None = None,
                   error_type: str | None = None, start: int = 0, limit: int = 50,
@@ -302,10 +310,10 @@ class QueueManager:
             pipe = self.redis.pipeline(transaction=False)
             for job_id, _ in page:
                 pipe.hmget(k.job(_text(job_id)), self.FILTER_FIELDS)
-            for index, ((job_id, score), (t, etype, reason)) in enumerate(
+            for index, ((job_id, score), values) in enumerate(
                     zip(page, pipe.execute(), strict=True)):
-                kind = _text(etype) or _text(reason)
-                if (task is None or _text(t) == task) and \
+                found_task, kind = self._filter_values(values)
+                if (task is None or found_task == task) and \
                         (error_type is None or kind == error_type):
                     matches.append((_text(job_id), score))
                     if len(matches) == limit:
@@ -338,8 +346,9 @@ class QueueManager:
             pipe.hmget(k.job(_text(job_id)), self.FILTER_FIELDS)
         tasks: dict[str, int] = {}
         kinds: dict[str, int] = {}
-        for t, etype, reason in (pipe.execute() if ids else []):
-            t, kind = _text(t) or "?", _text(etype) or _text(reason) or "?"
+        for values in (pipe.execute() if ids else []):
+            t, kind = self._filter_values(values)
+            t, kind = t or "?", kind or "?"
             tasks[t] = tasks.get(t, 0) + 1
             kinds[kind] = kinds.get(kind, 0) + 1
         return {"sampled": len(ids), "tasks": dict(sorted(tasks.items())),
