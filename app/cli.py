@@ -7,6 +7,8 @@ as one clear line, never a traceback).
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from app.admin.cli import admin
@@ -49,6 +51,38 @@ def main():
     see the README's configuration table.
     """
 
+
+# The app's mutations, audited like the queue commands' and the admin API's (worker.audit):
+# a log line, and the dashboard's Recent actions when Redis answers.
+AUDITED = {db: ("upgrade", "downgrade"), migrate: ("run", "rollback", "resume", "set-mode")}
+
+
+def _audit(group: click.Group, name: str) -> None:
+    command = group.commands[name]
+    original = command.callback
+    action = f"{group.name} {name}"
+
+    @functools.wraps(original)
+    def callback(*args, **kwargs):
+        from worker.audit import cli_audit
+
+        target = {k: str(kwargs[k]) for k in ("mode", "revision") if kwargs.get(k)}
+        try:
+            value = original(*args, **kwargs)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            cli_audit(action, "error", status=500, target=target, detail=type(exc).__name__)
+            raise
+        cli_audit(action, "ok", status=200, target=target)
+        return value
+
+    command.callback = callback
+
+
+for group, names in AUDITED.items():
+    for name in names:
+        _audit(group, name)
 
 for command in (*core.COMMANDS, db, migrate, legacy, admin, up, doctor):
     main.add_command(command)

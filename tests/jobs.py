@@ -69,6 +69,12 @@ def stamp(payload: dict):
     record("stamps", f"{payload['n']}:{redis_now():.4f}")
 
 
+@task(QUEUE_NAMES, name="login_link", sensitive=("token",))
+def login_link(payload: dict):
+    """A task whose payload carries a secret: `token` is never shown to people."""
+    record("done", payload.get("n", ""))
+
+
 @task(QUEUE_NAMES, name="sleepy", timeout=1.0, retries=1, retry_delay=0.2, retry_max_delay=0.2)
 def sleepy(payload: dict):
     """Sleeps payload['sleep'] seconds: past its 1 s timeout unless told otherwise."""

@@ -64,6 +64,26 @@ def _manager():
     return QueueManager(get_settings())
 
 
+def _audited(action: str, target: dict, run, result=lambda value: "ok"):
+    """Run one mutation and audit it like the admin API's (worker.audit): a log line and
+    the bounded Redis list the dashboard shows, `via` cli, `who` the OS user."""
+    from worker.audit import cli_audit
+
+    try:
+        value = run(_manager())
+    except (click.exceptions.Exit, click.Abort):
+        raise
+    except Exception as exc:
+        cli_audit(action, "error", status=500, target=target, detail=type(exc).__name__)
+        raise
+    outcome = result(value)
+    detail = f"count={value}" if isinstance(value, int) and not isinstance(value, bool) \
+        else None
+    cli_audit(action, outcome, status=200 if outcome == "ok" else 404, target=target,
+              detail=detail)
+    return value
+
+
 def _echo_json(doc):
     click.echo(json.dumps(doc, indent=2, default=str))
 
@@ -97,8 +117,10 @@ def worker(queues, concurrency, name, processes, no_periodic, log_format):
     from worker.consumer import ClarityRunner
     from worker.events import RuntimeEvents
     from worker.health import HealthService, RedisProbe, health_port, serve_health
+    from worker.hueys import redis_client
     from worker.logs import configure_logging, set_worker_name
     from worker.metrics import WorkerMetrics
+    from worker.series import SeriesRecorder
 
     settings = get_settings()
     queues = list(dict.fromkeys(queues or settings.queues))
@@ -118,9 +140,13 @@ def worker(queues, concurrency, name, processes, no_periodic, log_format):
     metrics = WorkerMetrics(runner.state, probe, processes=processes,
                             backup_file=os.environ.get("BACKUP_TIMESTAMP_FILE") or None)
     events.subscribe(metrics.jobs)
+    series = SeriesRecorder(redis_client(settings), settings.redis_key_prefix, queues).start()
+    events.subscribe(series)
     serve_health(HealthService(settings, runner, queues, metrics=metrics, probe=probe),
                  health_port(settings, queues))
-    sys.exit(runner.run())
+    code = runner.run()
+    series.stop()
+    sys.exit(code)
 
 
 @click.command()
@@ -239,7 +265,10 @@ def failed_retry(queue, job_id, retry_all):
     """Move a failed job (or --all) back to the queue."""
     if not job_id and not retry_all:
         raise click.UsageError("give a JOB_ID or --all")
-    moved = _manager().retry_failed(queue, None if retry_all else job_id)
+    moved = _audited("retry-failed" if retry_all else "retry-job",
+                     {"queue": queue, "jobId": job_id},
+                     lambda m: _retry_with_progress(m, queue, None if retry_all else job_id),
+                     lambda n: "ok" if n or retry_all else "rejected")
     click.echo(f"{moved} job(s) back on {queue}")
     if job_id and not moved:
         sys.exit(1)
@@ -250,7 +279,9 @@ def failed_retry(queue, job_id, retry_all):
 @click.argument("job_id")
 def failed_remove(queue, job_id):
     """Remove one job that is not running."""
-    if not _manager().remove_job(queue, job_id):
+    if not _audited("remove-job", {"queue": queue, "jobId": job_id},
+                    lambda m: m.remove_job(queue, job_id),
+                    lambda removed: "ok" if removed else "rejected"):
         raise click.ClickException(f"no waiting, delayed or failed job {job_id} on {queue}")
     click.echo("removed")
 
@@ -260,7 +291,9 @@ def failed_remove(queue, job_id):
 @click.confirmation_option(prompt="Remove every failed job of this queue?")
 def failed_clear(queue):
     """Remove every failed job of QUEUE."""
-    click.echo(f"{_manager().clear(queue, 'failed')} failed job(s) removed")
+    removed = _audited("clear-queue", {"queue": queue, "jobState": "failed"},
+                       lambda m: _clear_with_progress(m, queue, "failed"))
+    click.echo(f"{removed} failed job(s) removed")
 
 
 @click.group()
@@ -272,7 +305,7 @@ def queue():
 @click.argument("name", type=QUEUE)
 def queue_pause(name):
     """Stop starting new jobs on NAME (running jobs finish)."""
-    _manager().pause(name)
+    _audited("pause", {"queue": name}, lambda m: m.pause(name))
     click.echo(f"{name} paused")
 
 
@@ -280,7 +313,7 @@ def queue_pause(name):
 @click.argument("name", type=QUEUE)
 def queue_resume(name):
     """Resume a paused queue."""
-    _manager().resume(name)
+    _audited("resume", {"queue": name}, lambda m: m.resume(name))
     click.echo(f"{name} resumed")
 
 
@@ -292,7 +325,52 @@ def queue_clear(name, state, yes):
     """Remove every job of NAME in STATE."""
     if not yes:
         click.confirm(f"Remove every {state} job of {name}?", abort=True)
-    click.echo(f"{_manager().clear(name, state)} job(s) removed")
+    removed = _audited("clear-queue", {"queue": name, "jobState": state},
+                       lambda m: _clear_with_progress(m, name, state))
+    click.echo(f"{removed} job(s) removed")
+
+
+BATCH = 1000
+
+
+def _progress(total: int, label: str):
+    """A progress bar on a terminal (rich), nothing otherwise; the caller prints the
+    summary line either way."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                        disable=total < BATCH or not sys.stderr.isatty(), transient=True,
+                        console=Console(stderr=True))
+    return progress
+
+
+def _retry_with_progress(manager, queue: str, job_id: str | None) -> int:
+    if job_id is not None:
+        return manager.retry_failed(queue, job_id)
+    total = manager.counts(queue)["failed"]
+    moved = 0
+    with _progress(total, f"retrying failed jobs of {queue}") as progress:
+        task = progress.add_task("retry", total=total)
+        while True:
+            n = manager.storage(queue).retry_failed(limit=BATCH)
+            moved += n
+            progress.update(task, completed=moved)
+            if not n:
+                return moved
+
+
+def _clear_with_progress(manager, queue: str, state: str) -> int:
+    total = manager.counts(queue)[state]
+    removed = 0
+    with _progress(total, f"removing {state} jobs of {queue}") as progress:
+        task = progress.add_task("clear", total=total)
+        while True:
+            n = manager.storage(queue).remove(state, limit=BATCH)
+            removed += n
+            progress.update(task, completed=removed)
+            if not n:
+                return removed
 
 
 @click.command()
@@ -305,6 +383,44 @@ def job(job_id, queue):
     if info is None:
         raise click.ClickException(f"no job {job_id} (finished jobs are not kept)")
     _echo_json(info)
+
+
+@click.command()
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print the view once and exit (no live display).")
+def top(interval, once):
+    """A live view of every queue: depths, done and failed per minute, pickup latency
+    p50/p95 and the workers' heartbeats. Ctrl-C quits.
+
+    \b
+    Example:
+      clarity top --interval 5
+    """
+    from redis.exceptions import RedisError
+    from rich.console import Console
+    from rich.live import Live
+
+    from worker.top import collect, render
+
+    manager = _manager()
+    if once:
+        Console().print(render(collect(manager)))
+        return
+
+    def view():
+        try:
+            return render(collect(manager))
+        except RedisError as exc:  # keep showing; Redis may come back
+            return render({"error": str(exc)})
+
+    try:
+        with Live(view(), refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(view())
+    except KeyboardInterrupt:
+        pass
 
 
 @click.group()
@@ -334,13 +450,16 @@ def signing_status(as_json):
 def signing_resign():
     """Re-seal with JOB_SIGNING_SECRET every job sealed with a previous secret, so that the
     previous secrets can be dropped. Safe under load and to run again."""
-    manager = _manager()
-    total = 0
-    for q in QUEUE_NAMES:
-        n = manager.resign(q)
-        total += n
-        click.echo(f"{q:<14} {n} job(s) re-signed")
+    def resign_all(manager) -> int:
+        total = 0
+        for q in QUEUE_NAMES:
+            n = manager.resign(q)
+            total += n
+            click.echo(f"{q:<14} {n} job(s) re-signed")
+        return total
+
+    total = _audited("signing resign", {}, resign_all)
     click.echo(f"{total} job(s) re-signed in all")
 
 
-COMMANDS = (worker, enqueue, stats, failed, queue, job, signing)
+COMMANDS = (worker, enqueue, stats, failed, queue, job, signing, top)

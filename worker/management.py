@@ -66,8 +66,8 @@ def _seconds(redis_time) -> float:
 def _iso_ms(ms):
     if ms in (None, b"", ""):
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ms) / 1000)) + \
-        f".{int(ms) % 1000:03d}Z"
+    ms = int(float(ms))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 class QueueManager:
@@ -237,15 +237,21 @@ class QueueManager:
                 return self.get_job(queue, job_id)
         return None
 
-    def list_jobs(self, queue: str, state: str, limit: int = 50, offset: int = 0) -> dict:
-        """A page of jobs in `state`. Waiting: next to run first; delayed: soonest first;
-        active: oldest lease first; failed: newest failure first."""
+    def _state_zset(self, queue: str, state: str) -> str:
         k = self.keys(queue)
         try:
-            zset = {JobState.WAITING: k.waiting, JobState.DELAYED: k.delayed,
+            return {JobState.WAITING: k.waiting, JobState.DELAYED: k.delayed,
                     JobState.ACTIVE: k.active, JobState.FAILED: k.failed}[JobState(state)]
         except ValueError:
             raise ValueError("state must be one of waiting, delayed, active, failed") from None
+
+    def list_jobs(self, queue: str, state: str, limit: int = 50, offset: int = 0,
+                  payloads: bool = False) -> dict:
+        """A page of jobs in `state`. Waiting: next to run first; delayed: soonest first;
+        active: oldest lease first; failed: newest failure first. `payloads`: each job
+        also carries its full `payload` (the admin redacts it before showing it)."""
+        k = self.keys(queue)
+        zset = self._state_zset(queue, state)
         limit = max(1, min(int(limit), MAX_PAGE))
         offset = max(0, int(offset))
         newest_first = state == "failed"
@@ -260,13 +266,126 @@ class QueueManager:
         jobs = []
         for (job_id, score), values in zip(page, pipe.execute(), strict=True):
             if values[1] is not None:
-                job, _ = self._describe(queue, _text(job_id), values, score)
+                job, payload = self._describe(queue, _text(job_id), values, score)
                 if state == "waiting":
                     job["priority"] = score_priority(score)
+                if payloads:
+                    job["payload"] = payload
                 jobs.append(job)
         next_offset = offset + len(page)
         return {"jobs": jobs, "total": int(total), "offset": offset, "limit": limit,
                 "nextOffset": next_offset if next_offset < int(total) else None}
+
+    # The task is in the message (the hash keeps no copy of it), so filters read both.
+    FILTER_FIELDS = ("task", "error_type", "reason", "msg")
+
+    @staticmethod
+    def _filter_values(values) -> tuple[str | None, str | None]:
+        """(task, error kind) of a job from its FILTER_FIELDS."""
+        task, etype, reason, msg = values
+        task = _text(task) or (peek_job(msg).get("task") if msg else None)
+        return task, _text(etype) or _text(reason)
+
+    def find_jobs(self, queue: str, state: str, *, task: str | None = None,
+                  error_type: str | None = None, start: int = 0, limit: int = 50,
+                  scan: int = 5000, payloads: bool = False) -> dict:
+        """Jobs in `state` whose task and error type match, in list_jobs' order, from
+        position `start` of the state set. Reads at most `scan` ids per call (in pipelined
+        batches of 500), so a rare match in a huge failed set costs a bounded call;
+        `nextStart` continues where it stopped (None at the end). `errorType` matches the
+        exception class, or the reason for jobs without one (`abandoned`, `bad signature`)."""
+        zset = self._state_zset(queue, state)
+        k = self.keys(queue)
+        limit = max(1, min(int(limit), MAX_PAGE))
+        newest_first = state == "failed"
+        total = int(self.redis.zcard(zset))
+        position, end = max(0, int(start)), max(0, int(start)) + max(1, int(scan))
+        matches: list[tuple[str, float]] = []
+        while position < min(end, total) and len(matches) < limit:
+            stop = min(position + 500, end, total) - 1
+            page = (self.redis.zrevrange if newest_first else self.redis.zrange)(
+                zset, position, stop, withscores=True)
+            if not page:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _ in page:
+                pipe.hmget(k.job(_text(job_id)), self.FILTER_FIELDS)
+            for index, ((job_id, score), values) in enumerate(
+                    zip(page, pipe.execute(), strict=True)):
+                found_task, kind = self._filter_values(values)
+                if (task is None or found_task == task) and \
+                        (error_type is None or kind == error_type):
+                    matches.append((_text(job_id), score))
+                    if len(matches) == limit:
+                        position += index + 1
+                        break
+            else:
+                position += len(page)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, _ in matches:
+            pipe.hmget(k.job(job_id), self.FIELDS)
+        jobs = []
+        for (job_id, score), values in zip(matches, pipe.execute(), strict=True):
+            if values[1] is not None:
+                job, payload = self._describe(queue, job_id, values, score)
+                if state == "waiting":
+                    job["priority"] = score_priority(score)
+                if payloads:
+                    job["payload"] = payload
+                jobs.append(job)
+        return {"jobs": jobs, "total": total, "start": int(start), "limit": limit,
+                "nextStart": position if position < total else None}
+
+    def failed_facets(self, queue: str, sample: int = 2000) -> dict:
+        """How many of the newest `sample` failed jobs each task and error type has: what
+        the failed list's filters offer."""
+        k = self.keys(queue)
+        ids = self.redis.zrevrange(k.failed, 0, max(0, sample - 1))
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(k.job(_text(job_id)), self.FILTER_FIELDS)
+        tasks: dict[str, int] = {}
+        kinds: dict[str, int] = {}
+        for values in (pipe.execute() if ids else []):
+            t, kind = self._filter_values(values)
+            t, kind = t or "?", kind or "?"
+            tasks[t] = tasks.get(t, 0) + 1
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return {"sampled": len(ids), "tasks": dict(sorted(tasks.items())),
+                "errorTypes": dict(sorted(kinds.items()))}
+
+    # Job hash fields the job page shows besides the description's.
+    DETAIL_FIELDS = ("leased_at", "consumer", "attempt", "ready", "first_failed",
+                     "last_failed", "lease")
+
+    def job_detail(self, queue: str, job_id: str) -> dict | None:
+        """get_job() plus the times and holder a job page shows."""
+        job = self.get_job(queue, job_id)
+        if job is None:
+            return None
+        (leased_at, consumer, attempt, ready, first_failed, last_failed,
+         lease) = self.redis.hmget(self.keys(queue).job(job_id), self.DETAIL_FIELDS)
+        job.setdefault("startedAt", _iso_ms(leased_at))
+        job.setdefault("consumer", _text(consumer))
+        job.setdefault("readyAt", _iso_ms(ready))
+        job.setdefault("attempt", _int(attempt) + 1)
+        job.setdefault("firstFailedAt", _iso_ms(first_failed))
+        job.setdefault("lastFailedAt", _iso_ms(last_failed))
+        job["leaseHolder"] = _text(lease) if job.get("state") == "active" else None
+        if job.get("state") == "active" and not job.get("leaseDeadline"):
+            job["leaseDeadline"] = _iso_ms(self.redis.zscore(self.keys(queue).active, job_id))
+        return job
+
+    def retry_jobs(self, queue: str, ids: list[str]) -> int:
+        """Move the failed jobs among `ids` back to waiting; returns how many moved."""
+        return self.storage(queue).retry_failed(ids=list(ids)) if ids else 0
+
+    def remove_jobs(self, queue: str, ids: list[str], state: str = "") -> int:
+        """Remove the jobs among `ids` that are not running (only those in `state`, one of
+        CLEARABLE_STATES, when given); returns how many."""
+        if state and state not in CLEARABLE_STATES:
+            raise ValueError(f"state must be one of {', '.join(CLEARABLE_STATES)}")
+        return self.storage(queue).remove(state, ids=list(ids)) if ids else 0
 
     def list_failed(self, queue: str, limit: int = 50, offset: int = 0) -> dict:
         return self.list_jobs(queue, "failed", limit, offset)

@@ -199,6 +199,8 @@ class ScrapeCollector:
                     replicas.add_metric([], len(where.get("replicas", [])))
                     yield replicas
 
+        yield from self._process_families()
+
         stamp = read_backup_timestamp(self.backup_file)
         if stamp is not None:
             g = GaugeMetricFamily("clarity_backup_last_success_timestamp_seconds",
@@ -206,6 +208,44 @@ class ScrapeCollector:
                                   "BACKUP_TIMESTAMP_FILE)")
             g.add_metric([], stamp)
             yield g
+
+    @staticmethod
+    def _process_families():
+        """CPU and memory of this worker: its own process and, with --processes, the job
+        processes it forked. CPU is a counter over the worker's life: children that exited
+        and were reaped are in the parent's children times, so it never goes down."""
+        import psutil
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        me = psutil.Process()
+        try:
+            children = me.children(recursive=True)
+        except psutil.Error:
+            children = []
+        own = me.cpu_times()
+        cpu = own.user + own.system + own.children_user + own.children_system
+        rss = me.memory_info().rss
+        alive = 1
+        for child in children:
+            try:
+                times = child.cpu_times()
+                cpu += times.user + times.system
+                rss += child.memory_info().rss
+                alive += 1
+            except psutil.Error:  # exited meanwhile
+                continue
+        c = CounterMetricFamily("clarity_worker_cpu_seconds", "CPU time (user + system) of "
+                                "this worker and its job processes")
+        c.add_metric([], cpu)
+        yield c
+        m = GaugeMetricFamily("clarity_worker_resident_memory_bytes", "Resident memory of "
+                              "this worker and its job processes")
+        m.add_metric([], rss)
+        yield m
+        n = GaugeMetricFamily("clarity_worker_processes", "Processes of this worker (1, plus "
+                              "the job processes with --processes)")
+        n.add_metric([], alive)
+        yield n
 
     @staticmethod
     def _queue_families(counts: dict):

@@ -38,6 +38,9 @@ class TaskSpec:
     timeout: float | None = None
     schedule: Callable | None = None  # huey crontab(...) for periodic tasks
     extra: dict = field(default_factory=dict)
+    # Payload field names (at any depth) never shown to people: the admin API, dashboard
+    # and CLI print "[redacted]" instead, whatever the caller's key.
+    sensitive: frozenset[str] = frozenset()
 
     @property
     def periodic(self) -> bool:
@@ -58,14 +61,18 @@ def _register(spec: TaskSpec) -> None:
 
 def task(queue, *, name: str | None = None, retries: int = 0, retry_delay: float = 1.0,
          retry_max_delay: float = 3600.0, priority: int = Priority.NORMAL,
-         timeout: float | None = None):
-    """Declare a handler on `queue` (a queue name, or a tuple of names)."""
+         timeout: float | None = None, sensitive: tuple[str, ...] | list[str] = ()):
+    """Declare a handler on `queue` (a queue name, or a tuple of names). `sensitive`: payload
+    field names (at any depth) that people never see (admin API, dashboard, CLI)."""
     queues = queue if isinstance(queue, tuple | list) else (queue,)
+    if isinstance(sensitive, str):
+        raise TypeError("sensitive takes a tuple of field names, e.g. sensitive=('token',)")
 
     def decorator(func):
         for q in queues:
             _register(TaskSpec(check_queue(q), name or func.__name__, func, retries,
-                               retry_delay, retry_max_delay, Priority.parse(priority), timeout))
+                               retry_delay, retry_max_delay, Priority.parse(priority), timeout,
+                               sensitive=frozenset(sensitive)))
         return func
 
     return decorator
@@ -107,6 +114,11 @@ def load_task_modules(extra: str | list[str] = "") -> None:
         importlib.import_module(module)
     if key is not None:
         _loaded.add(key)
+
+
+def find_spec(queue: str, name: str | None) -> TaskSpec | None:
+    """The declaration of `name` on `queue`, or None (unknown, or not loaded here)."""
+    return _SPECS.get((queue, name)) if name else None
 
 
 def specs_for(queue: str) -> list[TaskSpec]:

@@ -90,6 +90,10 @@ class Settings(ClarityBaseSettings):
 
     # Admin API.
     admin_api_key: SecretStr | None = None
+    # The audit list of operators' actions (admin and CLI), in Redis: at most this many
+    # entries and this many bytes (entries are cut to 1 KiB each; see worker/audit.py).
+    audit_max_entries: int = Field(default=10_000, ge=100, le=1_000_000)
+    audit_max_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
 
     _huey_key: str | None = PrivateAttr(default=None)
 

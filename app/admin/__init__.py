@@ -68,6 +68,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from app.admin.limits import RateLimits
     from worker.connections import redis_client
     from worker.management import QueueManager
+    from worker.registry import load_task_modules
 
     test_config = dict(test_config or {})
     settings: Settings = test_config.pop("CLARITY_SETTINGS", None) or get_settings()
@@ -110,6 +111,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["clarity_manager"] = QueueManager(settings, client)
     app.extensions["clarity_keyring"] = KeyRing(keys, session_secret)
     app.extensions["clarity_views"] = actions.ViewCache()
+    # The task declarations say which payload fields are sensitive (app.admin.redact).
+    load_task_modules(settings.task_modules)
     RateLimits(app, client.connection_pool, settings.redis_key_prefix)
 
     errors.init_app(app)

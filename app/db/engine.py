@@ -61,7 +61,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def get_engine(settings: HandlerSettings | None = None) -> Engine:
-    """The engine for DATABASE_URL, one per process and URL."""
+    """The engine for DATABASE_URL, one per process and URL.
+
+    The embedded default (DATABASE_URL unset: SQLite in STATE_DIR) is migrated to the
+    latest revision on first use, so a fresh checkout's producer, worker or admin works
+    without a `clarity db upgrade` first. A configured database (PostgreSQL in production)
+    is never migrated behind the operator's back: `clarity db upgrade` on deploy."""
     settings = settings or get_handler_settings()
     url = settings.database_connection_url()
     with _lock:
@@ -69,8 +74,21 @@ def get_engine(settings: HandlerSettings | None = None) -> Engine:
         if engine is None:
             engine = create_db_engine(url, pool_size=settings.database_pool_size,
                                       echo=settings.database_echo)
+            if settings.database_url is None:
+                _migrate_embedded(engine)
             _engines[url] = engine
         return engine
+
+
+def _migrate_embedded(engine: Engine) -> None:
+    from app.db import migrate
+
+    # Several processes may start at once: SQLite's BEGIN IMMEDIATE (above) serialises
+    # them, and the later ones find the database at head and change nothing.
+    if migrate.current_revision(engine) != migrate.head_revision():
+        migrate.upgrade("head", engine)
+        log.info("migrated the embedded SQLite database %s to the latest revision",
+                 engine.url.database)
 
 
 def reset_engines() -> None:

@@ -238,6 +238,23 @@ class LocalStack:
                               if code == 200 and status else {"state": "starting"})
         return {"at": time.monotonic(), "counts": counts, "workers": workers}
 
+    def top_view(self):
+        """`clarity top`'s view of this stack, plus the state of the workers it runs."""
+        from redis.exceptions import RedisError
+
+        from worker.management import QueueManager
+        from worker.top import collect, render
+
+        if not hasattr(self, "_manager"):
+            self._manager = QueueManager(self.settings(), client=self.redis_client())
+        local = {queue: {"state": "up" if worker.alive else f"exited {worker.returncode}"}
+                 for queue, worker in self.workers.items()}
+        try:
+            view = collect(self._manager)
+        except (RedisError, OSError) as exc:
+            view = {"error": str(exc)}
+        return render(view, "Clarity local stack  (Ctrl-C to stop)", local=local)
+
     def stop(self) -> None:
         """Workers first (graceful), then the admin, then Redis; nothing left behind."""
         workers = [w for w in self.workers.values() if w.alive]
@@ -291,31 +308,6 @@ class Rates:
                     rates[queue] = max(0.0, (now - before) / dt)
         self.last = snap
         return rates
-
-
-def render_table(snap: dict, rates: dict[str, float]):
-    from rich.table import Table
-
-    table = Table(title="Clarity local stack  (Ctrl-C to stop)", title_justify="left")
-    for col in ("queue", "waiting", "delayed", "active", "failed", "done", "jobs/s", "worker"):
-        table.add_column(col, justify="left" if col in ("queue", "worker") else "right")
-    counts = snap["counts"]
-    for queue in QUEUE_NAMES:
-        c = counts.get(queue)
-        w = snap["workers"].get(queue, {})
-        state = w.get("state", "?")
-        style = "green" if state == "up" else "red"
-        if c is None:
-            table.add_row(queue, "-", "-", "-", "-", "-", "-", f"[{style}]{state}[/]")
-            continue
-        table.add_row(queue + (" (paused)" if c["paused"] else ""), str(c["waiting"]),
-                      str(c["delayed"]), str(c["active"]),
-                      f"[red]{c['failed']}[/]" if c["failed"] else "0",
-                      str(w.get("processed", "-")), f"{rates.get(queue, 0.0):.1f}",
-                      f"[{style}]{state}[/]")
-    if "error" in counts:
-        table.caption = f"[red]Redis: {counts['error']}[/]"
-    return table
 
 
 def status_line(snap: dict, rates: dict[str, float]) -> str:
@@ -436,17 +428,15 @@ def watch(stack: LocalStack, stop: threading.Event, live: bool, interval: float)
         return None
 
     if live:
+        # The same view as `clarity top`, with a column for the workers this runs.
         from rich.live import Live
 
-        snap = stack.snapshot()
-        with Live(render_table(snap, rates.update(snap)), refresh_per_second=4,
-                  transient=False) as display:
+        with Live(stack.top_view(), refresh_per_second=4, transient=False) as display:
             while not stop.wait(interval):
                 error = check_children()
                 if error:
                     return error
-                snap = stack.snapshot()
-                display.update(render_table(snap, rates.update(snap)))
+                display.update(stack.top_view())
         click.echo("")
         return None
     rates.update(stack.snapshot())

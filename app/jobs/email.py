@@ -52,7 +52,7 @@ def enqueue_email(template: str, to: str, context: dict | None = None, *,
 
 
 @task("email", name="send_email", retries=8, retry_delay=30.0, retry_max_delay=3600,
-      priority=Priority.NORMAL)
+      priority=Priority.NORMAL, sensitive=("reset_url",))
 def send_email(payload: dict) -> dict:
     """Send one transactional email.
 

@@ -39,7 +39,7 @@ REFRESH_EVENTS = {"DATA_UPDATES", "REFRESH", "AUTO_REFRESH_UPDATES", "DATA_REFRE
 
 
 @task("webhook", name="process_webhook", retries=5, retry_delay=2.0, retry_max_delay=300,
-      priority=Priority.HIGH)
+      priority=Priority.HIGH, sensitive=("headers",))
 def process_webhook(payload: dict) -> dict:
     """Verify, store and route one provider webhook.
 

@@ -22,9 +22,11 @@ and a bad value raises `SettingsError` naming the variable.
 from __future__ import annotations
 
 import enum
+import logging
+import os
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from worker.settings import ClarityBaseSettings, load
 
@@ -37,7 +39,9 @@ class MigrationMode(str, enum.Enum):
 
 class MigrationSettings(ClarityBaseSettings):
 
-    enable_queue: bool = False
+    # ENABLE_BULLMQ: the original guide's name, read when ENABLE_QUEUE is not set (deprecated).
+    enable_queue: bool = Field(default=False,
+                               validation_alias=AliasChoices("enable_queue", "enable_bullmq"))
     migration_mode: MigrationMode = MigrationMode.TESTING
     migration_percentage: float = Field(default=10.0, ge=0, le=100)
     migrate_high_priority: bool = True
@@ -54,7 +58,25 @@ class MigrationSettings(ClarityBaseSettings):
     fallback_dedupe_seconds: float = Field(default=86_400.0, ge=60, le=30 * 86_400)
 
 
+DEPRECATED = {"ENABLE_BULLMQ": "ENABLE_QUEUE"}
+
+
+def _deprecated_names_in_use() -> list[str]:
+    from dotenv import dotenv_values
+
+    names = {k.upper() for k in os.environ}
+    try:
+        names |= {k.upper() for k in dotenv_values(os.environ.get("CLARITY_ENV_FILE", ".env"))}
+    except OSError:
+        pass
+    return [old for old in DEPRECATED if old in names]
+
+
 def load_migration_settings(**overrides) -> MigrationSettings:
+    for old in _deprecated_names_in_use():
+        logging.getLogger("clarity.config").warning(
+            "%s is deprecated: it is read as %s (set %s instead; when both are set, %s wins)",
+            old, DEPRECATED[old], DEPRECATED[old], DEPRECATED[old])
     return load(MigrationSettings, "migration configuration", **overrides)
 
 

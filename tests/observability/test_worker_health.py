@@ -52,6 +52,11 @@ def test_metrics_move_as_jobs_run_retry_and_fail(env, workers, mode):
     assert value(after, "clarity_jobs", queue="sync", state="failed") == 1
     assert value(after, "clarity_worker_active_jobs") == 0
     assert value(after, "clarity_redis_roundtrip_seconds") > 0
+    # CPU and memory of the worker, its forked job processes included (--processes).
+    assert value(after, "clarity_worker_resident_memory_bytes") > 10 * 2**20
+    assert value(after, "clarity_worker_cpu_seconds_total") > 0
+    # With --processes: the worker, its two job processes and Huey's scheduler process.
+    assert value(after, "clarity_worker_processes") == (1 if mode == "threads" else 4)
 
     # Queue gauges are read at scrape time: pause, enqueue, and the waiting count moves.
     QueueManager().pause("sync")
