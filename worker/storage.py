@@ -201,12 +201,12 @@ class ReliableRedisStorage(PriorityRedisStorage):
             log.warning("dropped job %s fetched earlier: its lease was lost", lease.id)
         if block and getattr(self._thread, "found_empty", False):
             # The settle that ended our last job already looked and found the queue empty:
-            # block for a wake token first instead of asking again.
+            # wait for a wake token first instead of asking again.
             self._thread.found_empty = False
-            self._wait_for_work()
+            return self._wait_and_lease()
         lease = self._call([], want=True)
         if lease is None and block:
-            self._wait_for_work()
+            return self._wait_and_lease()
         return lease
 
     def lease_batch(self, count: int) -> list[Lease]:
@@ -219,9 +219,8 @@ class ReliableRedisStorage(PriorityRedisStorage):
             out.append(lease)
         return out
 
-    def _call(self, settlements, want: bool):
-        """One round trip: settle, then (with `want`) lease one job. Returns the lease, None,
-        or PAUSED; the number settled is in `self._thread.settled`."""
+    def _lease_call(self, settlements, want: bool) -> tuple[list, list]:
+        """KEYS and ARGV of one lease.lua call."""
         k = self.keys
         args = [k.job_prefix, "1" if want else "0", self.lease_ms, self.consumer_id,
                 self.max_deliveries]
@@ -230,13 +229,21 @@ class ReliableRedisStorage(PriorityRedisStorage):
         with self._lock:
             for s in settlements:
                 self._held.pop(s.lease.id, None)
-        result = self._lease(keys=[k.waiting, k.active, k.failed, k.wake, k.paused], args=args)
+        return [k.waiting, k.active, k.failed, k.wake, k.paused], args
+
+    def _call(self, settlements, want: bool):
+        """One round trip: settle, then (with `want`) lease one job. Returns the lease, None,
+        or PAUSED; the number settled is in `self._thread.settled`."""
+        keys, args = self._lease_call(settlements, want)
+        return self._leased(self._lease(keys=keys, args=args), want and bool(settlements))
+
+    def _leased(self, result, settled_and_wanted: bool):
         self._thread.settled = int(result[0])
         status = int(result[1])
         if status == -1:
             return PAUSED
         if status == 0:
-            self._thread.found_empty = want and bool(settlements)
+            self._thread.found_empty = settled_and_wanted
             return None
         lease = Lease(_text(result[2]), result[3], int(result[4]), int(result[5]),
                       int(result[6]), self.consumer_id, _text(result[7]), int(result[8]))
@@ -244,13 +251,24 @@ class ReliableRedisStorage(PriorityRedisStorage):
             self._held[lease.id] = lease
         return lease
 
-    def _wait_for_work(self):
-        # Idle: block on the wake list rather than polling. A token may be stale (another
-        # consumer took the job); then the next lease finds nothing and we block again.
+    def _wait_and_lease(self):
+        """Idle: block on the wake list, and lease in the same round trip. The lease script
+        is pipelined behind BLPOP, and Redis runs a client's queued commands in order, so it
+        runs the moment a token arrives (or when the wait times out, finding nothing): a job
+        enqueued for an idle worker costs it one round trip, as a plain BZPOPMIN would. A
+        token may be stale (another consumer took the job); the lease then finds nothing."""
+        keys, args = self._lease_call([], want=True)
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.blpop([self.keys.wake], timeout=self.read_timeout)
+        pipe.evalsha(self._lease.sha, len(keys), *keys, *args)
         try:
-            self.conn.blpop([self.keys.wake], timeout=self.read_timeout)
+            _token, result = pipe.execute()
+        except NoScriptError:  # Redis restarted or failed over: load it, lease next time
+            self.conn.script_load(self._lease.script)
+            return None
         except RedisTimeoutError:
-            pass
+            return None
+        return self._leased(result, False)
 
     def dequeue(self):
         lease = self.lease(block=self.blocking)
