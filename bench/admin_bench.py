@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from app.devstack.redis_server import RedisServer
 from app.devstack.web import WebStack
+from bench import record
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -229,10 +230,8 @@ def main() -> int:
     }
     results["targets_met_uncached"] = targets
     results["machine"]["loadavg_at_end"] = os.getloadavg()
-    out = REPO / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "admin.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+    record.save("admin", results)
     return 0
 
 

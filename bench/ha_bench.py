@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from app.devstack.processes import Child, real_clock_env
 from app.devstack.redis_server import RedisServer
 from app.devstack.sentinel import SentinelGroup
+from bench import record
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 
@@ -170,8 +171,7 @@ def main() -> None:
         results.update(restore_time(args.restore_jobs, workdir))
     results["loadAfter"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    record.save("ha", results, path=args.json)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from app.devstack.redis_server import RedisServer
+from bench import record
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 PAYLOAD = {"user_id": 123456, "sync_type": "SCHEDULED"}  # a typical small job
@@ -93,8 +94,7 @@ def main() -> None:
         results["hueyWaitingBytesPerJob"] = per_job(
             client, lambda: [noop(PAYLOAD) for _ in range(n)], n)
         print(json.dumps(results, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        record.save("memory", results, path=args.json)
     finally:
         server.stop()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import signal
 import statistics
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from app.devstack.redis_server import RedisServer
+from bench import record
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 
@@ -292,8 +292,7 @@ def main():
         print(f"{key.replace('_', ' ') + ' per job':34}{r['clarity_' + key]['per_job']:12}"
               f"{r['huey_' + key]['per_job']:12}")
         print(f"   clarity {r['clarity_' + key]['commands']}\n   huey    {r['huey_' + key]['commands']}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    record.save("queue", results, path=args.json)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,11 @@ def main() -> None:
     for r in results:
         print(f"{r['backend']:<11} {r['run']:<7} {r['seconds']:>8.2f} {r['db_seconds']:>7.2f} "
               f"{r['db_share']:>8.0%} {r['rows_changed']:>13}")
+    from bench import record
+
+    record.save("sync", {f"{r['backend']}_{r['run']}": {"seconds": r["seconds"],
+                                                        "db_seconds": r["db_seconds"]}
+                         for r in results})
 
 
 if __name__ == "__main__":
