@@ -215,7 +215,7 @@ class VM:
     def ssh(self, command: str, *, check: bool = True, timeout: float = 300,
             ) -> subprocess.CompletedProcess:
         argv = ["ssh", *self.ssh_options(), "-p", str(self.ssh_port), "root@127.0.0.1", command]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+        result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout,
                                 stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise VMError(f"{self.name}: `{command}` exited {result.returncode}: "
@@ -299,7 +299,8 @@ class VM:
         self._save_meta(accel=accel)
         with self.console.open("a") as console:
             console.write(f"\n===== vmctl: power on {self.name} ({accel}) at {time.ctime()}\n")
-        result = subprocess.run(self.qemu_argv(accel, switch), capture_output=True, text=True,
+        result = subprocess.run(self.qemu_argv(accel, switch), check=False, capture_output=True,
+                                text=True,
                                 stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             raise VMError(f"{self.name}: qemu failed to start: {result.stderr.strip()}")
