@@ -13,17 +13,22 @@ a qcow2 copy-on-write overlay of its own. It has two NICs:
 * eth1, a VDE switch on a unix socket (no IP traffic on the controller at all): the fleet's
   private network, where each VM gets the static address of its `clarity_private_address`.
 
+The controller also serves its clock over NTP on 127.0.0.1:123, which the VMs reach as
+10.0.2.2 through their user-mode NIC (NtpServer): time sync is proven against a server.
+
 State (CLARITY_VM_STATE, default: Molecule's ephemeral directory + /vms): NAME.qcow2,
 NAME.json (SSH port, address), NAME.pid (qemu, written by qemu), NAME.console.log (serial
-console, appended across boots), switch/ and switch.pid (the VDE switch).
+console, appended across boots), switch/ and switch.pid (the VDE switch), ntp.pid.
 
 Accelerator: KVM only if a probe VM boots to SSH with it on this machine (a guest kernel
 can hang in early boot under nested KVM), TCG otherwise; the result is kept beside the
-image per qemu version and host kernel. CLARITY_VM_ACCEL=tcg|kvm skips the probe.
+images per qemu version, host kernel and guest kernel. CLARITY_VM_ACCEL=tcg|kvm skips it.
 
-    vmctl.py up NAME=ADDRESS...     boot (or resume) VMs, wait for SSH, give each its private
-                                    address and host name; print Molecule's instance config
-    vmctl.py destroy                stop every VM of the state directory, the switch, remove all
+    vmctl.py up NAME=ADDRESS...     start the switch and the NTP server, boot (or resume) VMs,
+                                    wait for SSH, give each its private address and host name;
+                                    print Molecule's instance config
+    vmctl.py destroy                stop every VM of the state directory, the switch and the
+                                    NTP server; remove everything
     vmctl.py probe                  which accelerator works here (prints tcg or kvm)
 """
 
@@ -37,6 +42,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -151,6 +157,89 @@ class Switch:
             _stop_pid(pid)
         shutil.rmtree(self.sock, ignore_errors=True)
         self.pidfile.unlink(missing_ok=True)
+
+
+class NtpServer:
+    """The test network's NTP server: the controller's clock, over SNTP (RFC 4330).
+
+    It listens on the controller's 127.0.0.1:123, which qemu's user-mode network shows the
+    VMs as 10.0.2.2:123 (the scenario's hosts get `common_ntp_servers: [10.0.2.2]`), so
+    timesyncd really synchronises, as against a data centre's own NTP servers. Nothing
+    outside the controller's loopback sees it.
+    """
+
+    ADDRESS = ("127.0.0.1", 123)
+    NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+
+    def __init__(self, state: Path) -> None:
+        self.pidfile = state / "ntp.pid"
+        self.marker = f"ntp-serve {self.pidfile}"
+
+    def pid(self) -> int | None:
+        return _pid_running(self.pidfile, self.marker)
+
+    def start(self) -> None:
+        if self.pid():
+            return
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind(self.ADDRESS)
+        except OSError as exc:
+            raise VMError(f"cannot serve NTP to the VMs on 127.0.0.1:123 ({exc}): another NTP "
+                          "server holds it") from exc
+        finally:
+            probe.close()
+        log = self.pidfile.with_suffix(".log").open("a")
+        subprocess.Popen(
+            [sys.executable, __file__, "ntp-serve", str(self.pidfile)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not self.pid():
+            if time.monotonic() > deadline:
+                raise VMError("the NTP server did not start; see " + log.name)
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid:
+            _stop_pid(pid)
+        self.pidfile.unlink(missing_ok=True)
+
+    @classmethod
+    def timestamp(cls, seconds: float) -> bytes:
+        whole = int(seconds)
+        fraction = int((seconds - whole) * 2**32)
+        return struct.pack("!II", whole + cls.NTP_EPOCH_OFFSET, fraction)
+
+    @classmethod
+    def reply(cls, request: bytes, received: float) -> bytes | None:
+        """The server's answer to one client request, or None for anything else."""
+        if len(request) < 48 or request[0] & 0b111 != 3:  # mode 3: client
+            return None
+        version = (request[0] >> 3) & 0b111
+        header = struct.pack(
+            "!BBbbII4s",
+            (version << 3) | 4,  # leap 0 (synchronised), the client's version, mode 4: server
+            2,                   # stratum 2: synchronised to something (0 and 16 mean not)
+            request[2],          # poll interval, as asked
+            -20,                 # precision, about a microsecond
+            0, 0,                # root delay, root dispersion
+            b"LOCL",
+        )
+        # Origin = the client's transmit timestamp: how the client matches the reply.
+        return (header + cls.timestamp(received - 1) + request[40:48]
+                + cls.timestamp(received) + cls.timestamp(time.time()))
+
+    def serve(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(self.ADDRESS)
+        self.pidfile.write_text(f"{os.getpid()}\n")
+        while True:
+            request, client = sock.recvfrom(512)
+            answer = self.reply(request, time.time())
+            if answer:
+                sock.sendto(answer, client)
 
 
 class VM:
@@ -370,8 +459,11 @@ def probe_accel(image: Path | None = None) -> tuple[str, str]:
             raise VMError(f"CLARITY_VM_ACCEL must be kvm or tcg, not {forced!r}")
         return forced, "CLARITY_VM_ACCEL"
     image = image or image_dir()
-    key = {"qemu": qemu_version(), "host_kernel": platform.release()}
-    cache = image / "accel.json"
+    # Kept beside the images, not in one: a new image (package lists changed) boots the
+    # same kernel build on the same qemu, and a probe costs a minute when KVM hangs.
+    key = {"qemu": qemu_version(), "host_kernel": platform.release(),
+           "guest_kernel_bytes": (image / "vmlinuz").stat().st_size}
+    cache = image.parent / "accel.json"
     try:
         cached = json.loads(cache.read_text())
         if cached["key"] == key:
@@ -409,6 +501,7 @@ def up(pairs: list[str]) -> list[dict]:
     print(f"accelerator: {accel} ({why})", file=sys.stderr)
     switch = Switch(state)
     switch.start()
+    NtpServer(state).start()
     vms = []
     for pair in pairs:
         name, _, address = pair.partition("=")
@@ -429,6 +522,7 @@ def destroy() -> None:
     for meta in sorted(state.glob("*.json")):
         VM(meta.stem, state, image=Path(os.environ.get("CLARITY_VM_IMAGE", "/nonexistent"))).remove()
     Switch(state).stop()
+    NtpServer(state).stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,9 +532,13 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument("vms", nargs="+", metavar="NAME=ADDRESS")
     sub.add_parser("destroy", help="stop and remove every VM and the switch")
     sub.add_parser("probe", help="print the accelerator that boots a VM here")
+    serve = sub.add_parser("ntp-serve", help="(internal) the NTP server that `up` starts")
+    serve.add_argument("pidfile", type=Path)
     args = parser.parse_args(argv)
     try:
-        if args.command == "up":
+        if args.command == "ntp-serve":
+            NtpServer(args.pidfile.parent).serve()
+        elif args.command == "up":
             print(json.dumps(up(args.vms)))
         elif args.command == "destroy":
             destroy()
