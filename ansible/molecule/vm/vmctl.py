@@ -287,8 +287,23 @@ class VM:
         }
 
     # --- SSH ---------------------------------------------------------------------------
-    def ssh_options(self) -> list[str]:
-        return [
+    @property
+    def control_path(self) -> Path:
+        return self.state / f"{self.name}.ssh"
+
+    def ssh_options(self, multiplex: bool = False) -> list[str]:
+        """ssh(1) options for root on this VM.
+
+        `multiplex` shares one connection between commands (a new SSH handshake costs a
+        second or more under TCG); every reboot or power-off closes it first
+        (close_master), so no command ever waits on a connection to a previous boot.
+        """
+        if multiplex:
+            control = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path}",
+                       "-o", "ControlPersist=300"]
+        else:
+            control = ["-o", "ControlPath=none"]
+        return [*control,
             "-o", "BatchMode=yes",
             "-o", "IdentitiesOnly=yes",
             "-i", str(self.image / "id_ed25519"),
@@ -300,6 +315,12 @@ class VM:
             "-o", "ServerAliveCountMax=6",
             "-o", "LogLevel=ERROR",
         ]
+
+    def close_master(self) -> None:
+        """Stop the shared connection of ssh_options(multiplex=True), if there is one."""
+        if self.control_path.exists():
+            subprocess.run(["ssh", "-o", f"ControlPath={self.control_path}", "-O", "exit",
+                            "root@127.0.0.1"], check=False, capture_output=True, timeout=30)
 
     def ssh(self, command: str, *, check: bool = True, timeout: float = 300,
             ) -> subprocess.CompletedProcess:
@@ -394,19 +415,25 @@ class VM:
         if result.returncode != 0:
             raise VMError(f"{self.name}: qemu failed to start: {result.stderr.strip()}")
 
-    def reboot(self) -> str:
-        """`systemctl reboot` inside the guest (qemu keeps running); the new boot id."""
+    def start_reboot(self) -> str:
+        """`systemctl reboot` inside the guest (qemu keeps running); the old boot id."""
         old = self.boot_id()
         if old is None:
             raise VMError(f"{self.name}: not reachable before reboot")
+        self.close_master()
         self.ssh("systemctl reboot", check=False, timeout=30)
-        return self.wait_for_ssh(not_boot=old)
+        return old
+
+    def reboot(self) -> str:
+        """Reboot and wait for the new boot to answer SSH; its boot id."""
+        return self.wait_for_ssh(not_boot=self.start_reboot())
 
     def power_off(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """A clean `systemctl poweroff`; returns when qemu has exited."""
         pid = self.pid()
         if not pid:
             return
+        self.close_master()
         self.ssh("systemctl poweroff", check=False, timeout=30)
         deadline = time.monotonic() + timeout
         while self.pid():
@@ -416,6 +443,7 @@ class VM:
             time.sleep(1)
 
     def kill(self) -> None:
+        self.close_master()
         pid = self.pid()
         if pid:
             _stop_pid(pid)
