@@ -511,10 +511,11 @@ def probe_accel(image: Path | None = None) -> tuple[str, str]:
                 accel = "kvm"
                 why = f"a probe VM booted to SSH under KVM in {time.monotonic() - start:.0f} s"
             except VMError as exc:
-                last = [line for line in vm.console_tail().splitlines() if line.strip()][-1:]
+                last = [line for line in vm.console_tail().splitlines()
+                        if line.strip() and not line.startswith("===== vmctl")][-1:]
                 accel = "tcg"
                 why = (f"a probe VM under KVM failed: {str(exc).splitlines()[0]} "
-                       f"{' '.join(last)}")
+                       f"{' '.join(last) or '(the guest printed nothing)'}")
             finally:
                 vm.kill()
     cache.write_text(json.dumps({"key": key, "accel": accel, "why": why}))
