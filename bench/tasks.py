@@ -38,6 +38,15 @@ def latency(payload: dict):
     record_latency(payload["t"])
 
 
+@task(QUEUE_NAMES, name="mark")
+def mark(payload: dict):
+    """Records that job payload['n'] ran, through the worker's own connection (which follows
+    a Sentinel failover)."""
+    from worker.connections import redis_client
+
+    redis_client().rpush("bench:marks", payload["n"])
+
+
 # -- plain Huey, same Redis ---------------------------------------------------------------
 
 huey = PriorityRedisHuey("bench", results=False, port=int(os.environ.get("REDIS_PORT", "6379")),

@@ -7,7 +7,10 @@ tests/artifacts/failover.json."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -112,3 +115,32 @@ def test_an_enqueue_is_acknowledged_only_once_a_replica_has_it(configure, sentin
     finally:
         for replica in replicas:
             replica.child.send_signal(signal.SIGCONT)
+
+
+def test_doctor_health_and_the_admin_name_the_primary_and_its_replicas(configure, sentinels,
+                                                                       workers):
+    from app.admin import create_app
+    from app.admin.config import reset_admin_settings_cache
+    from app.devstack.processes import free_port
+    from tests.observability.helpers import get_json
+
+    configure(sentinels, admin_api_keys="ops:admin-key-0123456789abcdef")
+    reset_admin_settings_cache()
+    primary = f"127.0.0.1:{sentinels.nodes[0].port}"
+    replicas = {f"127.0.0.1:{n.port}" for n in sentinels.nodes[1:]}
+    port = free_port()
+    workers(server=sentinels, health_check_port=port, health_check_host="127.0.0.1")
+    health = wait_for(lambda: (r := get_json(f"http://127.0.0.1:{port}/health"))[0] == 200
+                      and r[1], message="worker healthy")
+    where = health["checks"]["redis"]["topology"]
+    assert where["primary"] == primary and set(where["replicas"]) == replicas
+    overview = create_app({"TESTING": True}).test_client().get(
+        "/api/admin/queue?action=overview",
+        headers={"Authorization": "Bearer admin-key-0123456789abcdef"}).get_json()
+    assert overview["redis"]["topology"]["primary"] == primary
+    doctor = subprocess.run([sys.executable, "-m", "app", "doctor", "--json", "--no-workers"],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "CLARITY_ENV_FILE": "/nonexistent.env"})
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["topology"]["status"] == "ok" and primary in checks["topology"]["detail"]
+    reset_admin_settings_cache()

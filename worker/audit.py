@@ -144,7 +144,7 @@ def cli_audit(action: str, result: str, *, status: int, target: dict | None = No
                        target=target, detail=detail)
     try:
         settings = get_settings()
-        from worker.hueys import redis_client
+        from worker.connections import redis_client
 
         store = AuditLog(redis_client(settings), settings.redis_key_prefix,
                          settings.audit_max_entries, settings.audit_max_bytes)

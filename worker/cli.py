@@ -114,10 +114,10 @@ def worker(queues, concurrency, name, processes, no_periodic, log_format):
     """
     import os
 
+    from worker.connections import redis_client
     from worker.consumer import ClarityRunner
     from worker.events import RuntimeEvents
     from worker.health import HealthService, RedisProbe, health_port, serve_health
-    from worker.hueys import redis_client
     from worker.logs import configure_logging, set_worker_name
     from worker.metrics import WorkerMetrics
     from worker.series import SeriesRecorder

@@ -135,6 +135,17 @@ def _redis_summary(info: dict, latency: float) -> dict:
     }
 
 
+def _topology() -> dict:
+    """Where Redis is: with Sentinel, the primary and replicas the sentinels name."""
+    from worker import connections
+
+    settings = current_app.config["CLARITY_SETTINGS"]
+    try:
+        return connections.topology(settings)
+    except (redis.RedisError, OSError) as exc:
+        return {"mode": "sentinel", "error": f"sentinels unavailable: {type(exc).__name__}"}
+
+
 def overview() -> dict:
     return _overview()[0]
 
@@ -160,6 +171,7 @@ def _overview() -> tuple[dict, bytes]:
         raise ApiError(503, "the queue store (Redis) is unavailable",
                        headers={"Retry-After": "5"}) from None
     redis_info = _redis_summary(info, (time.perf_counter() - started) * 1000)
+    redis_info["topology"] = _topology()
     queues = [{"name": q, **counts[q]} for q in QUEUE_NAMES]
     body = {
         "generatedAt": now_iso(),

@@ -90,7 +90,9 @@ SCHEMAS = {
         "type": "object",
         "required": ["ok"],
         "properties": {"ok": {"type": "boolean"}, "latencyMs": {"type": "number"},
-                       "version": NULLABLE_STR, "error": {"type": "string"}},
+                       "version": NULLABLE_STR, "error": {"type": "string"},
+                       "topology": {"type": "object", "description": "mode (single or "
+                                    "sentinel), primary host:port, replicas, sentinels"}},
         "additionalProperties": True,
     },
     "Overview": {

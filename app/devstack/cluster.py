@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from app.devstack.processes import real_clock_env
+from app.devstack.processes import free_port, real_clock_env
 from app.devstack.redis_server import PASSWORD, RedisServer
 
 
@@ -18,7 +18,9 @@ class RedisClusterGroup:
     def __init__(self, workdir: Path, masters: int = 3, password: str = PASSWORD):
         self.dir = Path(workdir)
         self.password = password
-        self.nodes = [RedisServer(self.dir / f"shard{i}", password=password,
+        # A cluster node also listens on its port + 10000 (the cluster bus).
+        self.nodes = [RedisServer(self.dir / f"shard{i}", port=free_port(below=55535),
+                                  password=password,
                                   extra=("--cluster-enabled", "yes", "--cluster-config-file",
                                          "nodes.conf", "--cluster-node-timeout", "2000",
                                          "--masterauth", password))

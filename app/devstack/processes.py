@@ -21,11 +21,14 @@ def _die_with_parent():  # runs in the child between fork and exec
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(below: int | None = None) -> int:
+    """A TCP port nobody listens on now (the kernel's pick), optionally under `below`."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if below is None or port < below:
+            return port
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
