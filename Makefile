@@ -8,6 +8,8 @@
 #                    part runs even when an earlier one fails, and a summary ends the output
 #   make test-python pytest only (PYTEST_ARGS="-x tests/test_delivery.py")
 #   make test-deploy yamllint, ansible-lint, systemd-analyze and every Molecule scenario
+#                    (CLARITY_SKIP_VM=1 leaves out the VM scenario on a machine without qemu;
+#                    CI never does)
 #
 # Needs Debian or Ubuntu with python3 >= 3.11; uses sudo for apt-get unless run as root.
 
@@ -21,10 +23,11 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 
 .PHONY: help up doctor test test-python test-deploy lint system-deps test-deps
 
-# What the tests start for real: Redis, PostgreSQL, nginx, promtool, wrk, Chromium, and
-# podman/debootstrap/runc for the Molecule hosts.
+# What the tests start for real: Redis, PostgreSQL, nginx, promtool, wrk, Chromium,
+# podman/debootstrap/runc for the Molecule hosts, and qemu/vde2 for the Molecule VMs.
 TEST_PACKAGES := redis-server redis-tools postgresql nginx prometheus wrk openssl \
-	chromium chromium-driver podman debootstrap runc python3-venv make
+	chromium chromium-driver podman debootstrap runc python3-venv make \
+	qemu-system-x86 qemu-utils vde2 e2fsprogs openssh-client
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))

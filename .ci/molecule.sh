@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Lint the deployment (yamllint, ansible-lint production profile) and run every Molecule
-# scenario on podman containers that boot real systemd (their verifiers also run
-# systemd-analyze verify/security on the installed units).
+# scenario: the roles' and the fleet's on podman containers that boot real systemd (their
+# verifiers also run systemd-analyze verify/security on the installed units), and `vm` on
+# qemu virtual machines with their own kernels (sysctls, THP, nftables, time sync, reboots).
 #
-# Usage: .ci/molecule.sh [SCENARIO ...]      (default: every role's `default`, then `fleet`)
+# Usage: .ci/molecule.sh [SCENARIO ...]      (default: every role's `default`, `fleet`, `vm`)
 #        .ci/molecule.sh --lint-only         yamllint and ansible-lint only
 #   MOLECULE_SKIP_LINT=1   skip the lint step
+#   CLARITY_SKIP_VM=1      leave out the `vm` scenario (local runs only; .ci/run never skips
+#                          it): the summary says the kernel, firewall and reboots went untested
 #   CLARITY_WHEELHOUSE     reuse wheels already built into this directory (built once here otherwise)
 #   CLARITY_MOLECULE_CACHE where the debootstrapped rootfs is cached (/var/cache/clarity-molecule)
-#   MOLECULE_JOBS          role scenarios run at once (2)
+#   MOLECULE_JOBS          scenarios run at once (2); `vm` counts as one, beside the others
+#   CLARITY_VM_CACHE       where the VM image is cached ($CLARITY_MOLECULE_CACHE/vm)
 #   MOLECULE_LOG_DIR       one log per scenario/step ($CLARITY_MOLECULE_CACHE/logs)
 #
 # Needs root (debootstrap, podman). Installs what it needs: Debian packages podman,
-# debootstrap, runc, systemd, python3-pip; the Python tools from ansible/requirements-ci.txt
+# debootstrap, runc, systemd, python3-pip (and for `vm`: qemu-system-x86, qemu-utils, vde2,
+# e2fsprogs, openssh-client); the Python tools from ansible/requirements-ci.txt
 # into the venv ($VENV, default .venv at the repository root).
 set -euo pipefail
 
@@ -43,7 +48,7 @@ timed() {  # timed LABEL CMD...: run CMD, record its wall time
 install_host_tools() {
     local missing=()
     # python3-pip: wheels are built with Debian's python3, the hosts' exact Python.
-    for pkg in podman debootstrap runc systemd python3-pip; do
+    for pkg in podman debootstrap runc systemd python3-pip "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
@@ -143,6 +148,15 @@ role_scenario() {  # role_scenario ROLE: `molecule test` of the role's default s
     (cd "$ROOT/ansible/roles/$role" && timeout 1200 molecule -c "$ROOT/ansible/molecule/base.yml" test)
 }
 
+vm_image() {  # build or reuse the VM image (.ci/vm-image.sh); the scenario reads CLARITY_VM_IMAGE
+    CLARITY_VM_IMAGE=$("$ROOT/.ci/vm-image.sh") || return 1
+    export CLARITY_VM_IMAGE
+}
+
+vm_scenario() {  # `molecule test -s vm`: fails, saying why, if qemu cannot boot the image
+    (cd "$ROOT/ansible" && timeout 3000 molecule -c molecule/base.yml test -s vm)
+}
+
 fleet_step() {  # fleet_step ACTION: one step of the fleet scenario, logged to fleet-ACTION.log
     (cd "$ROOT/ansible" && timeout 1200 molecule -c molecule/base.yml "$1" -s fleet) \
         > "$LOGS/fleet-$1.log" 2>&1
@@ -191,23 +205,53 @@ mkdir -p "$LOGS"
 rm -f "$LOGS"/*.log "$LOGS"/*.result
 
 scenarios=("$@")
-((${#scenarios[@]})) || scenarios=("${ROLE_SCENARIOS[@]}" fleet)
+((${#scenarios[@]})) || scenarios=("${ROLE_SCENARIOS[@]}" fleet vm)
+want() { [[ " ${scenarios[*]} " == *" $1 "* ]]; }
+if [[ -n "${CLARITY_SKIP_VM:-}" ]] && want vm; then
+    kept=()
+    for scenario in "${scenarios[@]}"; do [[ "$scenario" == vm ]] || kept+=("$scenario"); done
+    scenarios=("${kept[@]}")
+    timings+=("vm: SKIPPED (CLARITY_SKIP_VM): kernel settings, firewall, reboots NOT tested")
+fi
 
-install_host_tools
+if want vm; then
+    install_host_tools qemu-system-x86 qemu-utils vde2 e2fsprogs openssh-client
+else
+    install_host_tools
+fi
 podman_conf
 timed "base image" build_image
+if want vm; then
+    timed "vm image" vm_image || failed_vm_image=1
+fi
 failed=()
 if [[ -z "${MOLECULE_SKIP_LINT:-}" ]]; then
     timed "lint" lint || failed+=(lint)  # reported at the end; the scenarios still run
 fi
 timed "wheelhouse" build_wheelhouse
 
-# Role scenarios two at a time (containers are named per scenario); the fleet alone.
+# The VM scenario first, in the background: the longest, and CPU-bound (TCG). Role
+# scenarios take the other slot (two at a time once it is done: containers are named per
+# scenario); the fleet runs after them, beside `vm` if it is still going.
+vm_pid=
+if want vm; then
+    if [[ -n "${failed_vm_image:-}" ]]; then
+        failed+=(vm)
+        echo "scenario vm failed: the VM image could not be built (see above)" >&2
+    else
+        log "molecule test: vm (site.yml on qemu VMs redis1, worker1)"
+        ( start=$(date +%s); rc=0
+          vm_scenario > "$LOGS/vm.log" 2>&1 || rc=$?
+          echo "$(( $(date +%s) - start )) $rc" > "$LOGS/vm.result" ) &
+        vm_pid=$!
+    fi
+fi
+
 pids=()
 names=()
 jobs_max="${MOLECULE_JOBS:-2}"
 for scenario in "${scenarios[@]}"; do
-    [[ "$scenario" == fleet ]] && continue
+    [[ "$scenario" == fleet || "$scenario" == vm ]] && continue
     while (( $(jobs -rp | wc -l) >= jobs_max )); do sleep 2; done
     log "molecule test: $scenario"
     ( start=$(date +%s); rc=0
@@ -226,9 +270,19 @@ for i in "${!pids[@]}"; do
         sed 's/\x1b\[[0-9;]*m//g' "$LOGS/${names[$i]}.log" | grep -vE '^\s*│\s*$' | tail -n 60 >&2
     fi
 done
-if [[ " ${scenarios[*]} " == *" fleet "* ]]; then
+if want fleet; then
     log "molecule fleet (site.yml on redis1, worker1, worker2, admin1)"
     fleet || failed+=(fleet)
+fi
+if [[ -n "$vm_pid" ]]; then
+    wait "$vm_pid" || true
+    read -r secs rc < "$LOGS/vm.result"
+    timings+=("$(printf '%-28s %4ss  rc=%s' "molecule test vm" "$secs" "$rc")")
+    if ((rc)); then
+        failed+=(vm)
+        echo "scenario vm failed; last lines of $LOGS/vm.log:" >&2
+        sed 's/\x1b\[[0-9;]*m//g' "$LOGS/vm.log" | grep -vE '^\s*│\s*$' | tail -n 80 >&2
+    fi
 fi
 
 echo
