@@ -26,7 +26,8 @@ IMAGE_PACKAGES="systemd,systemd-sysv,dbus,python3,sudo,iproute2,procps"
 # apt installs need no download and no shared cache (one shared /var/cache/apt/archives
 # would serialise every container's apt run on its lock).
 PRESEED_PACKAGES="ca-certificates nftables systemd-timesyncd python3-apt redis-server redis-tools cron
-prometheus-redis-exporter prometheus-node-exporter python3-venv nginx openssl prometheus"
+prometheus-redis-exporter prometheus-node-exporter python3-venv nginx openssl prometheus
+postgresql python3-psycopg2 prometheus-alertmanager prometheus-blackbox-exporter"
 ROLE_SCENARIOS=(common redis clarity_worker clarity_admin nginx monitoring)
 
 log() { printf '\n=== %s  %s\n' "$(date +%T)" "$*"; }
