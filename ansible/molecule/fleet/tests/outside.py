@@ -1,0 +1,158 @@
+"""The world outside the fleet, run by the verifier on the CI host: what the fleet's
+inventory (inventories/molecule/group_vars/all/molecule.yml) points at.
+
+- the account aggregator the sync queue calls (the app's fake, with the fleet's client id);
+- the SMTP relay, a sink keeping every message (the email queue and Alertmanager send here);
+- the receiver of Alertmanager's webhook, keeping every notification.
+
+The containers reach the CI host at their default gateway, the podman bridge; each service
+listens on that address only, on the port the inventory names.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from email import message_from_bytes
+from email.policy import default as default_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+REPO = Path(__file__).resolve().parents[4]
+AGGREGATOR_PORT = 18900
+SMTP_PORT = 18025
+ALERT_WEBHOOK_PORT = 18093
+
+
+def wait_for(predicate, timeout, interval=1.0, message="condition"):
+    """Poll `predicate` until it returns something truthy; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {message}"
+        time.sleep(interval)
+
+
+class SmtpSink:
+    """An SMTP server that accepts everything and keeps it: (envelope rcpts, parsed message)."""
+
+    def __init__(self, address: str, port: int):
+        self.messages: list[tuple[list[str], object]] = []
+        self._lock = threading.Lock()
+        self._controller = Controller(self, hostname=address, port=port)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        message = message_from_bytes(envelope.original_content or envelope.content,
+                                     policy=default_policy)
+        with self._lock:
+            self.messages.append(([r.lower() for r in envelope.rcpt_tos], message))
+        return "250 OK"
+
+    def to(self, address: str) -> list:
+        with self._lock:
+            return [m for rcpts, m in self.messages if address.lower() in rcpts]
+
+    def start(self):
+        self._controller.start()
+        return self
+
+    def stop(self):
+        self._controller.stop()
+
+
+class AlertReceiver:
+    """Alertmanager's webhook receiver: keeps every notification's JSON body."""
+
+    def __init__(self, address: str, port: int):
+        self.notifications: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.notifications.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer((address, port), Handler)
+        self._server.daemon_threads = True
+
+    def alerts(self, status: str = "firing") -> list[dict]:
+        return [alert for n in list(self.notifications) for alert in n.get("alerts", [])
+                if alert.get("status") == status]
+
+    def start(self):
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Aggregator:
+    """The app's fake aggregator (tests/fakes/aggregator_server.py) on the fleet's address.
+
+    Every user login gets deterministic accounts, holdings and transactions
+    (DataSet.generate): users are added as the tests name them.
+    """
+
+    def __init__(self, address: str, port: int):
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tests.fakes import aggregator_server
+
+        self.module = aggregator_server
+        self.fake = aggregator_server.FakeAggregator()
+        fake = self.fake
+
+        class Handler(aggregator_server._Handler):
+            aggregator = fake
+
+        self._server = ThreadingHTTPServer((address, port), Handler)
+        self._server.daemon_threads = True
+
+    def add_users(self, *user_ids: int) -> None:
+        for user_id in user_ids:
+            self.fake.add_user(str(user_id))
+
+    def accounts_of(self, user_id: int) -> int:
+        return len(self.fake.users[str(user_id)].accounts)
+
+    def holdings_of(self, user_id: int) -> int:
+        return sum(len(h) for h in self.fake.users[str(user_id)].holdings.values())
+
+    def start(self):
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Outside:
+    def __init__(self, address: str):
+        self.address = address
+        self.aggregator = Aggregator(address, AGGREGATOR_PORT)
+        self.smtp = SmtpSink(address, SMTP_PORT)
+        self.alerts = AlertReceiver(address, ALERT_WEBHOOK_PORT)
+
+    def start(self):
+        self.aggregator.start()
+        self.smtp.start()
+        self.alerts.start()
+        return self
+
+    def stop(self):
+        for service in (self.aggregator, self.smtp, self.alerts):
+            service.stop()
