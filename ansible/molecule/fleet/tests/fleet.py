@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from conftest import podman_host
-from outside import Outside
+from outside import Outside, wait_for  # noqa: F401 (re-exported for the tests)
 
 ANSIBLE_DIR = Path(__file__).resolve().parents[3]
 KEY = "molecule-admin-key-0123456789abcdef"
@@ -56,16 +56,16 @@ def outside_world() -> Outside:
 
 
 def clarity(host, args: str, env: str = ADMIN_ENV):
-    """`clarity ARGS` on `host` with its settings; (rc, stdout + stderr)."""
-    result = host.run(env + CLARITY + " " + args)
-    return result.rc, result.stdout + result.stderr
+    """`clarity ARGS` on `host` with its settings: the testinfra result."""
+    return host.run(env + CLARITY + " " + args)
 
 
 def enqueue_and_wait(host, queue: str, task: str, payload: dict, timeout: int = 90) -> dict:
-    rc, out = clarity(host, f"enqueue {queue} {task} {shlex.quote(json.dumps(payload))} "
-                            f"--wait {timeout}")
-    assert rc == 0, out
-    doc = json.loads(out.strip().splitlines()[-1])
+    """Enqueue from `host` (the admin host's settings) and wait until a worker ran the job."""
+    result = clarity(host, f"enqueue {queue} {task} {shlex.quote(json.dumps(payload))} "
+                           f"--wait {timeout}")
+    assert result.rc == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
     assert doc["state"] == "completed", doc
     return doc
 
@@ -89,7 +89,13 @@ def playbook(*args: str, timeout: int = 1200) -> tuple[subprocess.CompletedProce
         cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=timeout, check=False,
         env={**os.environ, "ANSIBLE_FORCE_COLOR": "false", "ANSIBLE_NOCOLOR": "1"},
     )
-    return result, time.monotonic() - started
+    seconds = time.monotonic() - started
+    if os.environ.get("CLARITY_FLEET_REPORT"):  # the whole output, beside the report
+        name = "-".join(a.strip("-").replace("/", "_").replace("=", "_") for a in args)[:100]
+        log = Path(os.environ["CLARITY_FLEET_REPORT"]).with_name(f"fleet-playbook-{name}.log")
+        log.write_text(f"ansible-playbook {' '.join(args)}: rc={result.returncode}, "
+                       f"{seconds:.0f} s\n{result.stdout}\n{result.stderr}")
+    return result, seconds
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:

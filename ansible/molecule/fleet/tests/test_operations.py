@@ -40,8 +40,7 @@ WORKER_UNITS = {
                 "clarity-legacy-poller"],
     "worker2": ["clarity-worker@email", "clarity-worker@cleanup"],
 }
-ROLLING_USER_BASE = 600000
-ROLLING_USERS = 3000
+ROLLING_JOBS = 3000
 
 
 def vault_secrets() -> list[str]:
@@ -133,7 +132,7 @@ PRODUCER = textwrap.dedent("""
     while not os.path.exists("/var/tmp/rolling-stop") and i < count:
         if i % 2:
             job = {"queue": "email", "task": "send_email", "payload": {
-                "template": "welcome", "to": f"rolling-{i}@clarity.test", "context": {}}}
+                "template": "welcome", "to": f"rolling-{base}-{i}@clarity.test", "context": {}}}
         else:
             job = {"queue": "sync", "task": "sync_user",
                    "payload": {"user_id": base + i, "sync_type": "MANUAL"}}
@@ -154,7 +153,7 @@ PRODUCER = textwrap.dedent("""
         out.write(json.dumps(job) + "\\n")
         out.flush()
         i += 1
-        time.sleep(0.25)
+        time.sleep(0.4)
 """)
 
 
@@ -164,7 +163,8 @@ def test_a_rolling_release_runs_every_job_enqueued_meanwhile_then_rolls_back(new
     admin1, redis1 = podman_host("admin1"), podman_host("redis1")
     hosts = {name: podman_host(name) for name in APP_HOSTS}
     outside = outside_world()
-    outside.aggregator.add_users(*range(ROLLING_USER_BASE, ROLLING_USER_BASE + ROLLING_USERS))
+    base = time.time_ns() // 1000  # user ids and addresses no earlier run used
+    outside.aggregator.add_users(*range(base, base + ROLLING_JOBS))
     previous = {name: current_release(h) for name, h in hosts.items()}
     assert len(set(previous.values())) == 1 and release not in previous.values(), previous
 
@@ -173,7 +173,7 @@ def test_a_rolling_release_runs_every_job_enqueued_meanwhile_then_rolls_back(new
     assert admin1.run(f"echo {script} | base64 -d > /var/tmp/rolling-producer.py").rc == 0
     producer = admin1.run(
         "systemd-run --unit clarity-test-producer --collect /usr/bin/python3 "
-        f"/var/tmp/rolling-producer.py {KEY} {ROLLING_USER_BASE} {ROLLING_USERS}")
+        f"/var/tmp/rolling-producer.py {KEY} {base} {ROLLING_JOBS}")
     assert producer.rc == 0, producer.stderr
     try:
         result, seconds = playbook("site.yml", "-e", f"clarity_worker_wheelhouse={wheels}")
@@ -202,8 +202,7 @@ def test_a_rolling_release_runs_every_job_enqueued_meanwhile_then_rolls_back(new
 
     def synced():
         rows = psql(redis1, "SELECT DISTINCT user_id FROM sync_log WHERE status = 'success' "
-                            f"AND user_id BETWEEN {ROLLING_USER_BASE} AND "
-                            f"{ROLLING_USER_BASE + ROLLING_USERS}")
+                            f"AND user_id BETWEEN {base} AND {base + ROLLING_JOBS}")
         return not set(syncs) - {int(r[0]) for r in rows}
 
     wait_for(synced, 120, interval=3, message="every sync enqueued during the release to run")

@@ -30,6 +30,11 @@ def outside():
     return outside_world()
 
 
+def new_user() -> int:
+    """A user id no earlier run used (the tests may run again on the same fleet)."""
+    return time.time_ns() // 1000
+
+
 def synced_accounts(redis1, user_id: int) -> tuple[int, int]:
     """(linked accounts, holdings) the fleet's database holds for the user."""
     [[accounts, holdings]] = psql(redis1, f"""
@@ -39,7 +44,7 @@ def synced_accounts(redis1, user_id: int) -> tuple[int, int]:
 
 
 def test_a_sync_job_writes_the_aggregators_data_to_the_fleets_database(admin1, redis1, outside):
-    user = 4201
+    user = new_user()
     outside.aggregator.add_users(user)
     enqueue_and_wait(admin1, "sync", "sync_user", {"user_id": user, "sync_type": "MANUAL"})
     expected = (outside.aggregator.accounts_of(user), outside.aggregator.holdings_of(user))
@@ -60,7 +65,7 @@ def test_an_email_job_is_delivered_through_the_smtp_relay(admin1, redis1, outsid
 
 
 def test_a_provider_webhook_through_nginx_becomes_a_sync(admin1, redis1, outside):
-    user = 4202
+    user = new_user()
     outside.aggregator.add_users(user)
     event_id = f"evt-{time.time_ns()}"
     body = json.dumps({"event": "DATA_UPDATES", "id": event_id, "user_id": user})
@@ -94,9 +99,10 @@ def test_a_badly_signed_webhook_is_refused_at_the_door(admin1):
 def test_cleanup_takes_one_lock_in_the_fleets_database(admin1, redis1):
     """Both worker hosts run the cleanup queue; the lock that keeps it to one run at a time
     lives in the shared database, so a run anywhere sees a lock taken anywhere else."""
+    user = new_user()
     psql(redis1, "INSERT INTO sync_log (user_id, sync_type, status, created_at) "
-                 "VALUES (4299, 'SCHEDULED', 'success', now() - interval '400 days')")
-    old = "SELECT count(*) FROM sync_log WHERE user_id = 4299"
+                 f"VALUES ({user}, 'SCHEDULED', 'success', now() - interval '400 days')")
+    old = f"SELECT count(*) FROM sync_log WHERE user_id = {user}"
     psql(redis1, "INSERT INTO job_locks (name, holder, expires_at) "
                  "VALUES ('cleanup', 'a run on another host', now() + interval '10 minutes')")
     try:
@@ -111,7 +117,7 @@ def test_cleanup_takes_one_lock_in_the_fleets_database(admin1, redis1):
 
 
 def test_the_legacy_poller_drains_the_legacy_table(redis1, outside):
-    user = 4203
+    user = new_user()
     outside.aggregator.add_users(user)
     psql(redis1, "INSERT INTO queued_sync (user_id, sync_type, status, scheduled_at, "
                  f"created_at, updated_at) VALUES ({user}, 'SCHEDULED', 'pending', now(), "
