@@ -1,5 +1,8 @@
 """The common role on a systemd host: user, kernel settings (as files), firewall, journald."""
 
+import os
+import subprocess
+
 
 def test_clarity_is_a_system_user_without_login(host):
     user = host.user("clarity")
@@ -20,6 +23,23 @@ def test_sysctl_drop_in_is_installed_but_not_loaded_in_a_container(host):
     assert dropin.contains("^net.ipv4.tcp_keepalive_time = 300$")
     # Loading it here would change the CI host's kernel: the role skips that in containers.
     assert host.run("systemd-detect-virt --container").rc == 0
+
+
+def test_kernel_settings_that_drifted_show_in_check_mode(host):
+    """Where kernel settings are applied, the role compares the live values with the
+    inventory's. Here (a container) it must not write them: run its sysctl tasks in check
+    mode as if on a real host. The drop-in file already holds the inventory's values, so a
+    change can only come from the live value (the container's, not 300)."""
+    live = host.run("sysctl -n net.ipv4.tcp_keepalive_time").stdout.strip()
+    assert live != "300"
+    result = subprocess.run(
+        ["ansible-playbook", "--inventory", os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
+         os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"),
+         "--check", "--tags", "sysctl", "-e", "common_apply_kernel_settings=true"],
+        capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "changed: [clarity-common] => (item=net.ipv4.tcp_keepalive_time)" in result.stdout
+    assert host.run("sysctl -n net.ipv4.tcp_keepalive_time").stdout.strip() == live
 
 
 def test_firewall_ruleset_is_loaded_and_drops_by_default(host):
