@@ -7,10 +7,17 @@ Checks, in order (the Redis ones stop at the first that makes the rest meaningle
   reachability   TCP connect and PING
   auth           the password works, and Redis refuses clients without one
   eviction       maxmemory-policy noeviction (an LRU policy silently drops jobs), maxmemory set
-  persistence    AOF on (INFO persistence, so it works while CONFIG is renamed)
+  memory         used memory against maxmemory (noeviction: at 100 % every write fails)
+  persistence    AOF on, and the last RDB save, AOF write and AOF rewrite succeeded
   commands       FLUSHALL, FLUSHDB, KEYS, DEBUG, CONFIG renamed or disabled (COMMAND INFO)
   clock          host clock vs Redis TIME (leases and delayed jobs compare the two)
+  latency        round-trip percentiles of 50 PINGs from this host
+  failed:<queue> size of each failed set and the age of its oldest entry
+  host           on the Redis host itself (Redis on this machine, or --host-checks):
+                 transparent huge pages off, vm.overcommit_memory = 1
   workers        a live heartbeat (under 30 s old) for every queue
+
+docs/troubleshooting.md says what each failing check means and what to do.
 """
 
 from __future__ import annotations
@@ -24,6 +31,14 @@ import click
 
 DANGEROUS = ("flushall", "flushdb", "keys", "debug", "config")
 MAX_SKEW_SECONDS = 1.0
+MEMORY_WARN, MEMORY_FAIL = 0.80, 0.95
+LATENCY_SAMPLES = 50
+LATENCY_WARN_MS = 5.0  # p95 of a PING; a queue spends one round trip per job
+FAILED_WARN_COUNT = 10_000
+FAILED_WARN_AGE_DAYS = 7
+THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
+OVERCOMMIT_PATH = "/proc/sys/vm/overcommit_memory"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass
@@ -36,16 +51,20 @@ class Check:
 
 class Doctor:
     def __init__(self, settings, config_command: str | None = None, queues=None,
-                 check_workers: bool = True):
+                 check_workers: bool = True, host_checks: bool | None = None,
+                 host_root: str = "/"):
         import redis
 
         self.settings = settings
         self.config_command = config_command
         self.queues = list(queues) if queues else None
         self.check_workers = check_workers
+        self.host_checks = host_checks
+        self.host_root = host_root
         self.where = settings.redis_display()
-        self.client = redis.Redis.from_url(settings.redis_connection_url(), socket_timeout=3,
-                                           socket_connect_timeout=3)
+        from worker import connections
+
+        self.client = redis.Redis(connection_pool=connections.connection_pool(settings, 3.0))
         # COMMAND INFO answers nil for unknown (renamed) commands; redis-py's parser
         # cannot take that, so read the raw reply.
         self.client.set_response_callback("COMMAND", lambda response, **kw: response)
@@ -56,11 +75,15 @@ class Doctor:
 
     def run(self) -> list[Check]:
         if self.check_connection():
+            self.check_topology()
             self.check_auth()
             self.check_memory()
             self.check_persistence()
             self.check_commands()
             self.check_clock()
+            self.check_latency()
+            self.check_failed_sets()
+            self.check_host()
             if self.check_workers:
                 self.check_heartbeats()
         return self.results
@@ -98,12 +121,30 @@ class Doctor:
         self.add("reachability", "ok", f"{self.where} answers PING ({rtt:.1f} ms)")
         return True
 
+    def check_topology(self):
+        from worker import connections
+
+        where = connections.topology(self.settings)
+        self.primary = where["primary"]
+        if where["mode"] == "single":
+            self.add("topology", "ok", f"one Redis at {where['primary']} (no Sentinel)")
+            return
+        replicas = where["replicas"]
+        status = "ok" if replicas else "warn"
+        self.add("topology", status, f"Sentinel {where['master']}: primary {where['primary']}, "
+                 f"replicas {', '.join(replicas) or 'none'}; sentinels "
+                 f"{', '.join(where['sentinels'])}",
+                 "" if replicas else "no replica: a failover has nothing to promote, and an "
+                 "enqueue waiting for a replica (REDIS_WAIT_REPLICAS) fails; start one")
+
     def check_auth(self):
+        import redis
         from redis.exceptions import RedisError
 
-        import redis
-
-        kwargs = self.client.connection_pool.connection_kwargs
+        kwargs = dict(self.client.connection_pool.connection_kwargs)
+        if self.settings.redis_target().sentinels:
+            host, _, port = self.primary.rpartition(":")
+            kwargs.update(host=host, port=int(port))
         if "path" in kwargs:
             anonymous = redis.Redis(unix_socket_path=kwargs["path"], socket_timeout=3)
         else:
@@ -131,13 +172,42 @@ class Doctor:
                      "CONFIG SET maxmemory-policy noeviction); alert on memory instead")
         else:
             self.add("eviction", "ok", "maxmemory-policy noeviction")
-        if not int(info.get("maxmemory", 0) or 0):
+        used, limit = int(info.get("used_memory", 0) or 0), int(info.get("maxmemory", 0) or 0)
+        if not limit:
             self.add("maxmemory", "warn", "maxmemory is 0 (no limit): Redis can take the "
                      "host's memory and the memory alert cannot work",
                      "set `maxmemory` to about 75 % of the host's RAM in redis.conf")
+            return
+        share = used / limit
+        detail = f"{used / 2**20:.1f} MiB used of maxmemory {limit / 2**20:.0f} MiB " \
+                 f"({share:.0%})"
+        fix = ("find what grows: `clarity stats` (a big failed set?), `redis-cli --bigkeys`; "
+               "retry or clear failed jobs, or raise maxmemory (see docs/troubleshooting.md, "
+               "High memory)")
+        if share >= MEMORY_FAIL:
+            self.add("memory", "fail", detail + ": writes fail at 100 % (noeviction)", fix)
+        elif share >= MEMORY_WARN:
+            self.add("memory", "warn", detail, fix)
+        else:
+            self.add("memory", "ok", detail)
 
     def check_persistence(self):
         info = self.client.info("persistence")
+        problems = [f"{name} is {info.get(key)}" for key, name in (
+            ("rdb_last_bgsave_status", "the last RDB save"),
+            ("aof_last_write_status", "the last AOF write"),
+            ("aof_last_bgrewrite_status", "the last AOF rewrite"))
+            if info.get(key) not in (None, "ok")]
+        if problems:
+            self.add("persistence:status", "fail", "; ".join(problems) + ": Redis may be "
+                     "refusing writes (stop-writes-on-bgsave-error) and a restart loses data",
+                     "read Redis' log (journalctl -u redis-server): usually a full disk or "
+                     "a permission change on its directory; free space, then BGSAVE")
+        else:
+            last = info.get("rdb_last_save_time")
+            age = f"; last RDB save {time.time() - int(last):.0f}s ago" if last else ""
+            self.add("persistence:status", "ok", f"last save, AOF write and AOF rewrite "
+                     f"succeeded{age}")
         if int(info.get("aof_enabled", 0)):
             self.add("persistence", "ok", "AOF on")
         else:
@@ -187,6 +257,98 @@ class Doctor:
         else:
             self.add("clock", "ok", detail)
 
+    def check_latency(self):
+        samples = []
+        for _ in range(LATENCY_SAMPLES):
+            start = time.perf_counter()
+            self.client.ping()
+            samples.append((time.perf_counter() - start) * 1000)
+        samples.sort()
+
+        def pct(q):
+            return samples[min(len(samples) - 1, int(q * len(samples)))]
+
+        detail = (f"PING round trip p50 {pct(0.50):.2f} ms, p95 {pct(0.95):.2f} ms, "
+                  f"p99 {pct(0.99):.2f} ms, max {samples[-1]:.2f} ms ({len(samples)} samples)")
+        if pct(0.95) > LATENCY_WARN_MS:
+            self.add("latency", "warn", detail, "a job costs about one round trip: look for "
+                     "a slow network path, a loaded Redis host (`redis-cli --latency-history "
+                     "-i 1`, `redis-cli --intrinsic-latency 5` on the host) or swapping; see "
+                     "docs/troubleshooting.md, Slow Redis")
+        else:
+            self.add("latency", "ok", detail)
+
+    def check_failed_sets(self):
+        from worker.queues import QUEUE_NAMES, QueueKeys
+
+        pipe = self.client.pipeline(transaction=False)
+        queues = self.queues or QUEUE_NAMES
+        for queue in queues:
+            key = QueueKeys(self.settings.redis_key_prefix, queue).failed
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+        values = pipe.execute()
+        seconds, _ = self.client.time()
+        for index, queue in enumerate(queues):
+            count, oldest = values[2 * index], values[2 * index + 1]
+            if not count:
+                self.add(f"failed:{queue}", "ok", "no failed jobs")
+                continue
+            age_days = (int(seconds) - oldest[0][1] / 1000) / 86400 if oldest else 0
+            detail = f"{count} failed job(s), the oldest failed {age_days:.1f} day(s) ago"
+            fix = (f"read them (`clarity failed list {queue}`, the dashboard's Failed page), "
+                   f"fix the cause, then `clarity failed retry {queue} --all` or remove them; "
+                   "failed jobs keep their payload and traceback in Redis until then")
+            if count >= FAILED_WARN_COUNT or age_days >= FAILED_WARN_AGE_DAYS:
+                self.add(f"failed:{queue}", "warn", detail, fix)
+            else:
+                self.add(f"failed:{queue}", "ok", detail)
+
+    def redis_is_local(self) -> bool:
+        import socket
+
+        kwargs = self.client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return True
+        host = str(kwargs.get("host", ""))
+        return host in LOCAL_HOSTS or host in (socket.gethostname(), socket.getfqdn())
+
+    def check_host(self):
+        """THP and overcommit, readable only on the Redis host itself."""
+        local = self.redis_is_local() if self.host_checks is None else self.host_checks
+        if not local:
+            self.add("host", "ok", "Redis runs on another host: run `clarity doctor "
+                     "--host-checks --no-workers` there for THP and overcommit")
+            return
+        from pathlib import Path
+
+        root = Path(self.host_root)
+        try:
+            thp = (root / THP_PATH.lstrip("/")).read_text().strip()
+            mode = thp[thp.index("[") + 1:thp.index("]")] if "[" in thp else thp
+        except (OSError, ValueError):
+            mode = None
+        if mode is None:
+            self.add("host:thp", "warn", "cannot read transparent huge pages", "")
+        elif mode != "never":
+            self.add("host:thp", "warn", f"transparent huge pages are '{mode}': fork-based "
+                     "saves stall Redis and memory use grows",
+                     "`echo never > /sys/kernel/mm/transparent_hugepage/enabled` now, and "
+                     "the clarity-redis-thp.service unit (systemd/) at boot")
+        else:
+            self.add("host:thp", "ok", "transparent huge pages: never")
+        try:
+            overcommit = (root / OVERCOMMIT_PATH.lstrip("/")).read_text().strip()
+        except OSError:
+            overcommit = None
+        if overcommit != "1":
+            self.add("host:overcommit", "warn", f"vm.overcommit_memory is {overcommit}: a "
+                     "background save can fail to fork under memory pressure",
+                     "`sysctl -w vm.overcommit_memory=1` and persist it in /etc/sysctl.d/ "
+                     "(the Ansible common role does)")
+        else:
+            self.add("host:overcommit", "ok", "vm.overcommit_memory = 1")
+
     def check_heartbeats(self):
         from worker.management import QueueManager
         from worker.queues import QUEUE_NAMES
@@ -231,10 +393,16 @@ MARK = {"ok": ("OK", "green"), "warn": ("WARN", "yellow"), "fail": ("FAIL", "red
 @click.option("-q", "--queue", "queues", multiple=True,
               help="Queue that needs a live worker; repeat (default: all five).")
 @click.option("--no-workers", is_flag=True, help="Check Redis only, not worker heartbeats.")
+@click.option("--host-checks/--no-host-checks", default=None,
+              help="Check THP and overcommit on this machine [default: when Redis runs "
+                   "here].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor(config_command, queues, no_workers, as_json):
-    """Check Redis and the workers: reachability, auth, eviction policy, AOF, renamed
-    commands, clock skew, heartbeats. Exits 1 when something is wrong."""
+def doctor(config_command, queues, no_workers, host_checks, as_json):
+    """Check Redis and the workers: reachability, auth, eviction policy, memory against
+    maxmemory, persistence (AOF, last save and rewrite), renamed commands, clock offset,
+    round-trip latency percentiles, failed sets (size, oldest entry), THP and overcommit
+    on the Redis host, heartbeats. Exits 1 when something is wrong; every WARN and FAIL
+    says how to fix it (more in docs/troubleshooting.md)."""
     from worker.queues import QUEUE_NAMES
     from worker.settings import SettingsError, load_settings
 
@@ -254,7 +422,8 @@ def doctor(config_command, queues, no_workers, as_json):
                          "set JOB_SIGNING_SECRET (the same on every host): "
                          "`python3 -c 'import secrets; print(secrets.token_hex(32))'`"))
         settings = load_settings(JOB_SIGNING_SECRET="0" * 32)
-    doc = Doctor(settings, config_command, queues, check_workers=not no_workers)
+    doc = Doctor(settings, config_command, queues, check_workers=not no_workers,
+                 host_checks=host_checks)
     results = pre + doc.run()
     failed = any(c.status == "fail" for c in results)
     if as_json:

@@ -24,8 +24,17 @@ import time
 from collections.abc import Iterable
 
 import redis
+
+from app.contracts import (
+    EMAIL_TASK,
+    SYNC_PRIORITY,
+    SYNC_TASK,
+    WEBHOOK_TASK,
+    SyncType,
+    email_idempotency_key,
+)
+from app.dispatch import Dispatcher, Job, QueueUnavailable, Submitted
 from app.migration.config import MigrationSettings, get_migration_settings
-from app.migration.fallback import Dispatcher, Job, QueueUnavailable, Submitted
 from app.migration.legacy import LegacyStore
 from app.migration.stats import migration_stats
 from worker.producer import JobError, JobRequest
@@ -33,41 +42,18 @@ from worker.queues import QUEUE_NAMES, Priority
 from worker.registry import load_task_modules
 from worker.settings import Settings, get_settings
 
-try:  # the handlers' own definition, when they are installed
-    from worker.tasks.sync import SyncType
-except ImportError:  # pragma: no cover - handlers not in this build
-    import enum
-
-    class SyncType(str, enum.Enum):
-        MANUAL = "MANUAL"
-        SCHEDULED = "SCHEDULED"
-        WEBHOOK = "WEBHOOK"
-        INITIAL = "INITIAL"
-
-SYNC_PRIORITY = {
-    SyncType.MANUAL: Priority.HIGH,
-    SyncType.SCHEDULED: Priority.NORMAL,
-    SyncType.WEBHOOK: Priority.CRITICAL,
-    SyncType.INITIAL: Priority.HIGH,
-}
-
-# Task names of the handlers (worker/tasks/*.py).
-SYNC_TASK = ("sync", "sync_user")
-EMAIL_TASK = ("email", "send_email")
-WEBHOOK_TASK = ("webhook", "process_webhook")
-
 _dispatchers: dict[tuple, Dispatcher] = {}
 _lock = threading.Lock()
 
 
 def _engine():
-    from worker.db.engine import get_engine
+    from app.db.engine import get_engine
 
     return get_engine()
 
 
 def _dispatcher(settings: Settings, migration: MigrationSettings) -> Dispatcher:
-    from worker.hueys import redis_client
+    from worker.connections import redis_client
 
     key = (settings.redis_connection_url(), settings.redis_key_prefix,
            migration.model_dump_json())
@@ -174,15 +160,9 @@ class QueueService:
         payload = {"template": email_type, "to": to, "context": context}
         if email_data.get("headers"):
             payload["headers"] = email_data["headers"]
-        key = idempotency_key
-        try:
-            from worker.tasks.email import email_idempotency_key
-        except ImportError:  # pragma: no cover - handlers not in this build
-            email_idempotency_key = None
-        if email_idempotency_key is not None:
-            key = idempotency_key or email_idempotency_key(payload)
-            payload["idempotency_key"] = key
-            key = f"email:{key}"
+        key = idempotency_key or email_idempotency_key(payload)
+        payload["idempotency_key"] = key
+        key = f"email:{key}"
         queue, task = EMAIL_TASK
         return self._one(JobRequest(queue, task, payload, priority, delay, scheduled_at, key),
                          email_data.get("user_id") or context.get("user_id"))
@@ -192,7 +172,7 @@ class QueueService:
                         idempotency_key: str | None = None) -> Submitted:
         """A provider's webhook, HIGH or CRITICAL. `webhook_data` is the handler's payload:
         {"provider", "body" (raw text), "headers" (signature headers), "received_at"}
-        (see `worker.tasks.webhook.webhook_job_payload`). `user_id` places it for the
+        (see `app.contracts.webhook_job_payload`). `user_id` places it for the
         testing-mode share."""
         try:
             priority = Priority.parse(priority)

@@ -29,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.admin.stack import Stack
-from tests.redis_server import RedisServer
+from app.devstack.redis_server import RedisServer
+from app.devstack.web import WebStack
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -53,7 +53,7 @@ def load(server: RedisServer, waiting: int, failed: int) -> dict:
     """Fill Redis through the real producer (enqueue_many) and the real storage (lease, then
     settle as failed), the same paths production uses."""
     os.environ.update(app_env(server))
-    from worker import hueys
+    from worker import connections, hueys
     from worker.management import QueueManager
     from worker.producer import JobRequest, enqueue_many
     from worker.settings import get_settings, reset_settings_cache
@@ -64,28 +64,22 @@ def load(server: RedisServer, waiting: int, failed: int) -> dict:
     settings = get_settings()
     started = time.perf_counter()
     per_queue_failed = failed // len(QUEUES)
-    pool = hueys.connection_pool(settings)
+    pool = connections.connection_pool(settings)
     for queue in QUEUES:
         batch = [JobRequest(queue, "ping", {"echo": f"f{i}", "note": "x" * 60})
                  for i in range(per_queue_failed)]
         enqueue_many(batch, settings=settings, chunk_size=1000)
         storage = ReliableRedisStorage(queue, prefix=settings.redis_key_prefix,
-                                       connection_pool=pool, max_batch=1000,
-                                       consumer_id="bench-loader")
+                                       connection_pool=pool, consumer_id="bench-loader")
         pending = []
-        while True:
-            lease = storage.lease(block=False)
-            if lease is None:
-                break
-            pending.append(Settlement(
+        while leases := storage.lease_batch(1000):
+            pending.extend(Settlement(
                 "fail", lease, reason="error", error_type="RuntimeError",
                 error="upstream said no", attempts=3,
                 traceback="Traceback (most recent call last):\n  File \"sync.py\", line 42, "
-                          "in sync_user\nRuntimeError: upstream said no"))
-            if len(pending) == 1000:
-                storage.settle(pending)
-                pending = []
-        storage.settle(pending)
+                          "in sync_user\nRuntimeError: upstream said no") for lease in leases)
+            storage.settle(pending)
+            pending = []
     failed_s = time.perf_counter() - started
     started = time.perf_counter()
     priorities = ("low", "normal", "high", "critical")
@@ -98,7 +92,7 @@ def load(server: RedisServer, waiting: int, failed: int) -> dict:
                      settings=settings, chunk_size=1000)
     waiting_s = time.perf_counter() - started
     counts = QueueManager(settings).counts_all()
-    info = hueys.redis_client(settings).info("memory")
+    info = connections.redis_client(settings).info("memory")
     return {"failed_load_s": round(failed_s, 1), "waiting_load_s": round(waiting_s, 1),
             "waiting": sum(c["waiting"] for c in counts.values()),
             "failed": sum(c["failed"] for c in counts.values()),
@@ -139,7 +133,7 @@ class CpuMeter:
     """CPU spent by gunicorn, nginx and Redis during a run: the cost of one request on this
     machine whatever else runs on it (the wall-clock figures depend on a quiet machine)."""
 
-    def __init__(self, stack: Stack, redis_pid: int):
+    def __init__(self, stack: WebStack, redis_pid: int):
         self.groups = {"gunicorn": _tree(stack.gunicorn.pid), "nginx": _tree(stack.nginx.pid),
                        "redis": [redis_pid]}
 
@@ -169,7 +163,7 @@ def wrk(url: str, seconds: int, connections: int, threads: int = 2, pages: str =
 
 def run_stack(server, workdir, args, cache_seconds: str, name: str, results: dict):
     env = app_env(server, OVERVIEW_CACHE_SECONDS=cache_seconds)
-    stack = Stack(workdir / name, env, gunicorn_workers=args.gunicorn_workers,
+    stack = WebStack(workdir / name, env, gunicorn_workers=args.gunicorn_workers,
                   gunicorn_threads=args.threads, nginx_workers=1,
                   nginx_vars={"nginx_admin_rate": "100000r/s", "nginx_admin_burst": 100000})
     stack.start()

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.redis_server import RedisServer
+from app.devstack.redis_server import RedisServer
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 

@@ -5,7 +5,7 @@ the local fake aggregator (run in its own process), on SQLite and PostgreSQL.
 
 Prints, per backend, the first sync (everything inserted) and a repeat (nothing changes):
 total seconds and the share spent in the database. PostgreSQL: CLARITY_TEST_POSTGRES_URL,
-or a throwaway cluster (tests/pg.py). Target: < 2 s on PostgreSQL.
+or a throwaway cluster (app/devstack/postgres.py). Target: < 2 s on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ACCOUNTS, HOLDINGS, TRANSACTIONS = 20, 200, 2000
 
 
 def _serve(queue):
-    from tests.fakes.aggregator_server import FakeAggregator
+    from app.devstack.fake_aggregator import FakeAggregator
 
     fake = FakeAggregator().start()
     fake.add_user("1", accounts=ACCOUNTS, holdings=HOLDINGS, transactions=TRANSACTIONS)
@@ -33,12 +33,13 @@ def _serve(queue):
 
 
 def run(backend: str, url: str, aggregator_url: str, runs: int) -> list[dict]:
-    from tests.fakes.aggregator_server import CLIENT_ID, CLIENT_SECRET
-    from worker.aggregator import AggregatorClient
-    from worker.db import migrate
-    from worker.db.engine import create_db_engine
-    from worker.handler_settings import load_handler_settings
-    from worker.tasks.sync import SyncType, run_sync
+    from app.contracts import SyncType
+    from app.db import migrate
+    from app.db.engine import create_db_engine
+    from app.devstack.fake_aggregator import CLIENT_ID, CLIENT_SECRET
+    from app.jobs.aggregator import AggregatorClient
+    from app.jobs.settings import load_handler_settings
+    from app.jobs.sync import run_sync
 
     settings = load_handler_settings(
         database_url=url, aggregator_base_url=aggregator_url, aggregator_client_id=CLIENT_ID,
@@ -80,7 +81,7 @@ def main() -> None:
             import os
             import uuid
 
-            from tests.pg import ENV_URL, PostgresCluster, create_database_at
+            from app.devstack.postgres import ENV_URL, PostgresCluster, create_database_at
 
             server_url = os.environ.get(ENV_URL)
             if not server_url:

@@ -3,9 +3,9 @@
 import os
 import time
 
+import redis
 from huey import PriorityRedisHuey
 
-import redis
 from worker.queues import QUEUE_NAMES
 from worker.registry import task
 

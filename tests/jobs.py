@@ -8,7 +8,7 @@ import time
 
 from huey.exceptions import CancelExecution
 
-from worker.hueys import redis_client
+from worker.connections import redis_client
 from worker.queues import QUEUE_NAMES
 from worker.registry import task
 from worker.settings import get_settings
@@ -57,7 +57,27 @@ def pid_task(payload: dict):
     record("pids", os.getpid())
 
 
+def redis_now() -> float:
+    """Redis' clock: the one that decides when a job is due (hosts' clocks may be off)."""
+    seconds, micros = redis_client().time()
+    return seconds + micros / 1e6
+
+
 @task(QUEUE_NAMES, name="stamp")
 def stamp(payload: dict):
-    """Records when it started, to check that delayed jobs never run early."""
-    record("stamps", f"{payload['n']}:{time.time():.4f}")
+    """Records when it started by Redis' clock, to check that delayed jobs never run early."""
+    record("stamps", f"{payload['n']}:{redis_now():.4f}")
+
+
+@task(QUEUE_NAMES, name="login_link", sensitive=("token",))
+def login_link(payload: dict):
+    """A task whose payload carries a secret: `token` is never shown to people."""
+    record("done", payload.get("n", ""))
+
+
+@task(QUEUE_NAMES, name="sleepy", timeout=1.0, retries=1, retry_delay=0.2, retry_max_delay=0.2)
+def sleepy(payload: dict):
+    """Sleeps payload['sleep'] seconds: past its 1 s timeout unless told otherwise."""
+    record("started", payload.get("n", ""))
+    time.sleep(float(payload.get("sleep", 3)))
+    record("done", payload.get("n", ""))

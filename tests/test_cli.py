@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.redis_server import REPO
+from app.devstack import REPO
 from worker.hueys import get_huey
 
 
@@ -84,11 +84,37 @@ def test_processes_with_several_queues_is_refused_with_what_to_run_instead():
 
 
 def test_one_worker_serves_several_queues_with_threads(env, workers):
-    from tests.conftest import wait_for
-    from tests.helpers import recorded
+    from tests.helpers import recorded, wait_for
     from worker.producer import enqueue
 
     workers(queues=("email", "notifications"), concurrency=2)
     enqueue("email", "record", {"n": "e"})
     enqueue("notifications", "record", {"n": "n"})
     wait_for(lambda: sorted(recorded("done")) == ["e", "n"], message="both queues served")
+
+
+def test_top_shows_depths_rates_latency_and_workers(env, workers):
+    """`clarity top` (the view `clarity up` shows too): from Redis alone."""
+    from tests.helpers import recorded, wait_for
+    from worker.management import QueueManager
+    from worker.producer import enqueue
+
+    workers(name="top-worker", queues=("sync",), extra_args=("--name", "top-worker"))
+    for i in range(4):
+        enqueue("sync", "record", {"n": i})
+    enqueue("email", "record", {"n": "waits"})
+    wait_for(lambda: len(recorded("done")) == 4, message="four jobs to run")
+    wait_for(lambda: any(w["alive"] for w in QueueManager().workers()), message="heartbeat")
+    keys = ("REDIS_PORT", "REDIS_PASSWORD", "JOB_SIGNING_SECRET", "REDIS_KEY_PREFIX")
+
+    def shown():
+        out = run_cli("top", "--once", env={**{k: os.environ[k] for k in keys},
+                                            "COLUMNS": "160"})
+        assert out.returncode == 0, out.stderr
+        return out.stdout if "0.8" in out.stdout else None  # 4 done / 5 minutes
+
+    text = wait_for(shown, timeout=15, interval=0.5, message="the rate to show")
+    for word in ("sync", "email", "waiting", "pickup p50", "top-worker", "Redis memory"):
+        assert word in text, word
+    email = next(line for line in text.splitlines() if line.strip("│ ").startswith("email"))
+    assert " 1 " in email  # one waiting

@@ -1,7 +1,6 @@
 """Queue management: counts by state and priority, pause/resume, clear, lookup."""
 
-from tests.conftest import wait_for
-from tests.helpers import recorded
+from tests.helpers import recorded, wait_for
 from worker.management import QueueManager
 from worker.producer import enqueue
 

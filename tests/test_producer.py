@@ -4,8 +4,8 @@ silent."""
 import datetime as dt
 
 import pytest
-
 import redis
+
 from worker.management import QueueManager
 from worker.producer import JobError, JobRequest, enqueue, enqueue_many
 from worker.queues import Priority
@@ -39,7 +39,7 @@ def test_bad_arguments_raise_a_clear_error_before_touching_redis(monkeypatch, co
                                                                  tmp_path, kwargs, field,
                                                                  message):
     # Point at a port where nothing listens: validation must fail first, not the network.
-    from tests.redis_server import RedisServer
+    from app.devstack.redis_server import RedisServer
 
     configure(RedisServer(tmp_path))  # never started
     args = {"queue": "sync", "task": "record", "payload": {"n": 1}, **kwargs}

@@ -1,18 +1,18 @@
-"""`clarity`: the worker and queue-operations commands.
+"""The queue core's commands (`worker`, `enqueue`, `stats`, `failed`, `queue`, `job`) and the
+error policy every `clarity` command shares (`ClarityGroup`).
 
-The full console script is `app.cli:main`, which adds the admin, local-stack and migration
-commands to this group (the worker package never imports `app`).
+The console script itself is `app.cli:main`, which lists these beside the app's commands
+(the worker package never imports `app`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
 
 import click
-from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 
 from worker.queues import QUEUE_NAMES
 from worker.settings import SettingsError, get_settings
@@ -20,27 +20,42 @@ from worker.settings import SettingsError, get_settings
 QUEUE = click.Choice(QUEUE_NAMES)
 
 
-def friendly_errors(func):
-    """Turn configuration and Redis failures into one clear line and exit status 2/3."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+def explain_core_error(exc: Exception) -> str | None:
+    """One clear line for a configuration or Redis failure; None for anything else."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    if isinstance(exc, AuthenticationError):
+        return f"Redis refused the password ({exc}): check REDIS_PASSWORD or REDIS_URL"
+    if isinstance(exc, ConnectionError):
         try:
-            return func(*args, **kwargs)
-        except SettingsError as exc:
-            raise click.ClickException(str(exc)) from None
-        except AuthenticationError as exc:
-            raise click.ClickException(
-                f"Redis refused the password ({exc}): check REDIS_PASSWORD or REDIS_URL") from None
-        except ConnectionError as exc:
             where = get_settings().redis_display()
-            raise click.ClickException(
-                f"cannot reach Redis at {where}: {exc}. Is redis-server running? Check "
-                "REDIS_HOST/REDIS_PORT (or REDIS_URL); `clarity doctor` checks the setup.") from None
-        except ResponseError as exc:
-            raise click.ClickException(f"Redis answered with an error: {exc}") from None
+        except SettingsError:
+            where = "the configured address"
+        return (f"cannot reach Redis at {where}: {exc}. Is redis-server running? Check "
+                "REDIS_HOST/REDIS_PORT (or REDIS_URL); `clarity doctor` checks the setup.")
+    if isinstance(exc, ResponseError):
+        return f"Redis answered with an error: {exc}"
+    return None
 
-    return wrapper
+
+class ClarityGroup(click.Group):
+    """A command group whose commands share one error policy: a failure that `explain`
+    knows ends as one line on stderr and exit status 1, never a traceback. Applied at the
+    root, it covers every subcommand and subgroup (they run inside the root's invoke)."""
+
+    def explain(self, exc: Exception) -> str | None:
+        return explain_core_error(exc)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            message = self.explain(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 def _manager():
@@ -49,22 +64,31 @@ def _manager():
     return QueueManager(get_settings())
 
 
+def _audited(action: str, target: dict, run, result=lambda value: "ok"):
+    """Run one mutation and audit it like the admin API's (worker.audit): a log line and
+    the bounded Redis list the dashboard shows, `via` cli, `who` the OS user."""
+    from worker.audit import cli_audit
+
+    try:
+        value = run(_manager())
+    except (click.exceptions.Exit, click.Abort):
+        raise
+    except Exception as exc:
+        cli_audit(action, "error", status=500, target=target, detail=type(exc).__name__)
+        raise
+    outcome = result(value)
+    detail = f"count={value}" if isinstance(value, int) and not isinstance(value, bool) \
+        else None
+    cli_audit(action, outcome, status=200 if outcome == "ok" else 404, target=target,
+              detail=detail)
+    return value
+
+
 def _echo_json(doc):
     click.echo(json.dumps(doc, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="clarity-jobs", prog_name="clarity")
-def main():
-    """Clarity job system: workers, queues and operations for Income Clarity.
-
-    Configuration comes from the environment (and an optional .env file): REDIS_URL or
-    REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB, JOB_SIGNING_SECRET, WORKER_* and more;
-    see the README's configuration table.
-    """
-
-
-@main.command()
+@click.command()
 @click.option("-q", "--queue", "queues", multiple=True, type=QUEUE,
               help="Queue to consume; repeat for several (default: WORKER_QUEUES, all five).")
 @click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=None,
@@ -77,7 +101,6 @@ def main():
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto",
               envvar="LOG_FORMAT", show_default=True,
               help="JSON lines (production) or text (terminal); auto picks by terminal.")
-@friendly_errors
 def worker(queues, concurrency, name, processes, no_periodic, log_format):
     """Run a worker consuming one or more queues until SIGINT/SIGTERM.
 
@@ -89,39 +112,44 @@ def worker(queues, concurrency, name, processes, no_periodic, log_format):
     SIGINT or SIGTERM stop gracefully: running jobs finish (up to SHUTDOWN_TIMEOUT) and
     leased jobs not yet started go back to the queue at once. SIGHUP restarts.
     """
+    import os
+
+    from worker.connections import redis_client
     from worker.consumer import ClarityRunner
+    from worker.events import RuntimeEvents
+    from worker.health import HealthService, RedisProbe, health_port, serve_health
     from worker.logs import configure_logging, set_worker_name
+    from worker.metrics import WorkerMetrics
+    from worker.series import SeriesRecorder
 
     settings = get_settings()
     queues = list(dict.fromkeys(queues or settings.queues))
     name = name or settings.worker_name
     configure_logging(settings.log_level, log_format)
     set_worker_name(name)
+    processes = settings.worker_processes if processes is None else processes
+    # Everything the worker runs with, built here in one place: metrics subscribe to the
+    # runtime's events before any job runs or any job process forks.
+    events = RuntimeEvents()
     try:
         runner = ClarityRunner(settings, queues, concurrency or settings.worker_concurrency, name,
-                               processes=settings.worker_processes if processes is None
-                               else processes, periodic=not no_periodic)
+                               processes=processes, periodic=not no_periodic, events=events)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _check_redis(runner)
-    _start_health_server(settings, runner, queues)
-    sys.exit(runner.run())
+    probe = RedisProbe(settings)
+    metrics = WorkerMetrics(runner.state, probe, processes=processes,
+                            backup_file=os.environ.get("BACKUP_TIMESTAMP_FILE") or None)
+    events.subscribe(metrics.jobs)
+    series = SeriesRecorder(redis_client(settings), settings.redis_key_prefix, queues).start()
+    events.subscribe(series)
+    serve_health(HealthService(settings, runner, queues, metrics=metrics, probe=probe),
+                 health_port(settings, queues))
+    code = runner.run()
+    series.stop()
+    sys.exit(code)
 
 
-def _check_redis(runner):
-    # Fail at start with a clear message rather than log a retry loop forever.
-    runner.consumers[0].huey.storage.conn.ping()
-
-
-def _start_health_server(settings, runner, queues):
-    try:
-        from worker.health import start_health_server
-    except ImportError:
-        return
-    start_health_server(settings, runner, queues)
-
-
-@main.command()
+@click.command()
 @click.argument("queue", type=QUEUE)
 @click.argument("task")
 @click.argument("payload", default="{}")
@@ -134,7 +162,6 @@ def _start_health_server(settings, runner, queues):
               help="Same key again (within 7 days) returns the first job's id.")
 @click.option("--wait", type=float, default=None, metavar="SECONDS",
               help="Wait for the job to finish; exit 1 if it failed or timed out.")
-@friendly_errors
 def enqueue(queue, task, payload, priority, delay, scheduled_at, idempotency_key, wait):
     """Enqueue TASK on QUEUE with a JSON PAYLOAD object.
 
@@ -178,9 +205,8 @@ def enqueue(queue, task, payload, priority, delay, scheduled_at, idempotency_key
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@friendly_errors
 def stats(as_json):
     """Show every queue's jobs by state and priority."""
     counts = _manager().counts_all()
@@ -202,7 +228,7 @@ def stats(as_json):
     Console().print(table)
 
 
-@main.group()
+@click.group()
 def failed():
     """Inspect and act on failed jobs."""
 
@@ -211,7 +237,6 @@ def failed():
 @click.argument("queue", type=QUEUE)
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
-@friendly_errors
 def failed_list(queue, limit, offset):
     """List failed jobs of QUEUE, newest first."""
     page = _manager().list_failed(queue, limit, offset)
@@ -224,7 +249,6 @@ def failed_list(queue, limit, offset):
 @failed.command("show")
 @click.argument("queue", type=QUEUE)
 @click.argument("job_id")
-@friendly_errors
 def failed_show(queue, job_id):
     """Show one job with its error and traceback."""
     job = _manager().get_job(queue, job_id)
@@ -237,12 +261,14 @@ def failed_show(queue, job_id):
 @click.argument("queue", type=QUEUE)
 @click.argument("job_id", required=False)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every failed job of QUEUE.")
-@friendly_errors
 def failed_retry(queue, job_id, retry_all):
     """Move a failed job (or --all) back to the queue."""
     if not job_id and not retry_all:
         raise click.UsageError("give a JOB_ID or --all")
-    moved = _manager().retry_failed(queue, None if retry_all else job_id)
+    moved = _audited("retry-failed" if retry_all else "retry-job",
+                     {"queue": queue, "jobId": job_id},
+                     lambda m: _retry_with_progress(m, queue, None if retry_all else job_id),
+                     lambda n: "ok" if n or retry_all else "rejected")
     click.echo(f"{moved} job(s) back on {queue}")
     if job_id and not moved:
         sys.exit(1)
@@ -251,10 +277,11 @@ def failed_retry(queue, job_id, retry_all):
 @failed.command("remove")
 @click.argument("queue", type=QUEUE)
 @click.argument("job_id")
-@friendly_errors
 def failed_remove(queue, job_id):
     """Remove one job that is not running."""
-    if not _manager().remove_job(queue, job_id):
+    if not _audited("remove-job", {"queue": queue, "jobId": job_id},
+                    lambda m: m.remove_job(queue, job_id),
+                    lambda removed: "ok" if removed else "rejected"):
         raise click.ClickException(f"no waiting, delayed or failed job {job_id} on {queue}")
     click.echo("removed")
 
@@ -262,32 +289,31 @@ def failed_remove(queue, job_id):
 @failed.command("clear")
 @click.argument("queue", type=QUEUE)
 @click.confirmation_option(prompt="Remove every failed job of this queue?")
-@friendly_errors
 def failed_clear(queue):
     """Remove every failed job of QUEUE."""
-    click.echo(f"{_manager().clear(queue, 'failed')} failed job(s) removed")
+    removed = _audited("clear-queue", {"queue": queue, "jobState": "failed"},
+                       lambda m: _clear_with_progress(m, queue, "failed"))
+    click.echo(f"{removed} failed job(s) removed")
 
 
-@main.group()
+@click.group()
 def queue():
     """Pause, resume or clear a queue."""
 
 
 @queue.command("pause")
 @click.argument("name", type=QUEUE)
-@friendly_errors
 def queue_pause(name):
     """Stop starting new jobs on NAME (running jobs finish)."""
-    _manager().pause(name)
+    _audited("pause", {"queue": name}, lambda m: m.pause(name))
     click.echo(f"{name} paused")
 
 
 @queue.command("resume")
 @click.argument("name", type=QUEUE)
-@friendly_errors
 def queue_resume(name):
     """Resume a paused queue."""
-    _manager().resume(name)
+    _audited("resume", {"queue": name}, lambda m: m.resume(name))
     click.echo(f"{name} resumed")
 
 
@@ -295,18 +321,61 @@ def queue_resume(name):
 @click.argument("name", type=QUEUE)
 @click.option("--state", type=click.Choice(["waiting", "delayed", "failed"]), required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@friendly_errors
 def queue_clear(name, state, yes):
     """Remove every job of NAME in STATE."""
     if not yes:
         click.confirm(f"Remove every {state} job of {name}?", abort=True)
-    click.echo(f"{_manager().clear(name, state)} job(s) removed")
+    removed = _audited("clear-queue", {"queue": name, "jobState": state},
+                       lambda m: _clear_with_progress(m, name, state))
+    click.echo(f"{removed} job(s) removed")
 
 
-@main.command()
+BATCH = 1000
+
+
+def _progress(total: int, label: str):
+    """A progress bar on a terminal (rich), nothing otherwise; the caller prints the
+    summary line either way."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                        disable=total < BATCH or not sys.stderr.isatty(), transient=True,
+                        console=Console(stderr=True))
+    return progress
+
+
+def _retry_with_progress(manager, queue: str, job_id: str | None) -> int:
+    if job_id is not None:
+        return manager.retry_failed(queue, job_id)
+    total = manager.counts(queue)["failed"]
+    moved = 0
+    with _progress(total, f"retrying failed jobs of {queue}") as progress:
+        task = progress.add_task("retry", total=total)
+        while True:
+            n = manager.storage(queue).retry_failed(limit=BATCH)
+            moved += n
+            progress.update(task, completed=moved)
+            if not n:
+                return moved
+
+
+def _clear_with_progress(manager, queue: str, state: str) -> int:
+    total = manager.counts(queue)[state]
+    removed = 0
+    with _progress(total, f"removing {state} jobs of {queue}") as progress:
+        task = progress.add_task("clear", total=total)
+        while True:
+            n = manager.storage(queue).remove(state, limit=BATCH)
+            removed += n
+            progress.update(task, completed=removed)
+            if not n:
+                return removed
+
+
+@click.command()
 @click.argument("job_id")
 @click.option("--queue", type=QUEUE, default=None, help="Look only in this queue.")
-@friendly_errors
 def job(job_id, queue):
     """Look a job up by id (in every queue unless --queue)."""
     manager = _manager()
@@ -316,4 +385,81 @@ def job(job_id, queue):
     _echo_json(info)
 
 
-__all__ = ["RedisError", "main"]
+@click.command()
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print the view once and exit (no live display).")
+def top(interval, once):
+    """A live view of every queue: depths, done and failed per minute, pickup latency
+    p50/p95 and the workers' heartbeats. Ctrl-C quits.
+
+    \b
+    Example:
+      clarity top --interval 5
+    """
+    from redis.exceptions import RedisError
+    from rich.console import Console
+    from rich.live import Live
+
+    from worker.top import collect, render
+
+    manager = _manager()
+    if once:
+        Console().print(render(collect(manager)))
+        return
+
+    def view():
+        try:
+            return render(collect(manager))
+        except RedisError as exc:  # keep showing; Redis may come back
+            return render({"error": str(exc)})
+
+    try:
+        with Live(view(), refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(view())
+    except KeyboardInterrupt:
+        pass
+
+
+@click.group()
+def signing():
+    """Signing keys in use, and re-signing the backlog (rotation, docs/deploy.md)."""
+
+
+@signing.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def signing_status(as_json):
+    """How many jobs each signing key sealed, per queue (`current` marks JOB_SIGNING_SECRET)."""
+    from worker.hueys import get_huey
+
+    manager = _manager()
+    current = get_huey(QUEUE_NAMES[0], manager.settings).serializer.current.kid.decode()
+    doc = {"current": current, "queues": {q: manager.signing_keys(q) for q in QUEUE_NAMES}}
+    if as_json:
+        _echo_json(doc)
+        return
+    for q, counts in doc["queues"].items():
+        shown = ", ".join(f"{kid}{' (current)' if kid == current else ''}: {n}"
+                          for kid, n in sorted(counts.items())) or "no jobs"
+        click.echo(f"{q:<14} {shown}")
+
+
+@signing.command("resign")
+def signing_resign():
+    """Re-seal with JOB_SIGNING_SECRET every job sealed with a previous secret, so that the
+    previous secrets can be dropped. Safe under load and to run again."""
+    def resign_all(manager) -> int:
+        total = 0
+        for q in QUEUE_NAMES:
+            n = manager.resign(q)
+            total += n
+            click.echo(f"{q:<14} {n} job(s) re-signed")
+        return total
+
+    total = _audited("signing resign", {}, resign_all)
+    click.echo(f"{total} job(s) re-signed in all")
+
+
+COMMANDS = (worker, enqueue, stats, failed, queue, job, signing, top)

@@ -16,6 +16,8 @@ queue at a time, by a Redis lock) and fires periodic tasks once per tick across 
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import json
 import logging
 import os
@@ -30,34 +32,27 @@ from dataclasses import dataclass, field
 from huey import signals as S
 from huey.constants import WORKER_PROCESS, WORKER_THREAD
 from huey.consumer import BaseProcess, Consumer, Worker
-from huey.exceptions import CancelExecution
-from redis.exceptions import RedisError
+from huey.exceptions import CancelExecution, TaskTimeout
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+)
 
 from worker import __version__
-from worker.hueys import ClarityHuey, get_huey
+from worker.events import ActiveJob, RuntimeEvents
+from worker.hueys import ClarityHuey, RefusedMessage, get_huey
 from worker.logs import job_context
 from worker.settings import Settings
 from worker.storage import PAUSED, Settlement
 
 log = logging.getLogger("clarity.worker")
 
-OUTCOME_SIGNALS = (S.SIGNAL_COMPLETE, S.SIGNAL_ERROR, S.SIGNAL_RETRYING, S.SIGNAL_CANCELED,
-                   S.SIGNAL_INTERRUPTED, S.SIGNAL_EXPIRED, S.SIGNAL_REVOKED, S.SIGNAL_SCHEDULED,
-                   S.SIGNAL_LOCKED, S.SIGNAL_TIMEOUT, S.SIGNAL_RATE_LIMITED)
-
-
-@dataclass
-class ActiveJob:
-    id: str
-    queue: str
-    task: str
-    started: float
-    deliveries: int
-
-
 @dataclass
 class RuntimeState:
-    """What this process is doing; read by the health server and the heartbeat."""
+    """What this process is doing; read by the health server and the heartbeat. It follows
+    the runtime's events like any other subscriber."""
 
     name: str
     queues: list[str]
@@ -67,77 +62,52 @@ class RuntimeState:
     failed: int = 0
     retried: int = 0
     consumer_alive: float = field(default_factory=time.monotonic)
+    waiting_for_redis: str | None = None  # why, while the worker waits for Redis at start
     active: dict[str, ActiveJob] = field(default_factory=dict)
+    stuck: dict[str, ActiveJob] = field(default_factory=dict)  # threads past a task timeout
     lock: threading.Lock = field(default_factory=threading.Lock)
-    listeners: list = field(default_factory=list)
 
     def job_started(self, job: ActiveJob):
         with self.lock:
-            self.active[job.id] = job
+            self.active[job.token or job.id] = job
 
     def job_finished(self, job: ActiveJob, outcome: str, duration: float, wait: float):
         with self.lock:
-            self.active.pop(job.id, None)
+            self.active.pop(job.token or job.id, None)
+            if self.stuck.pop(job.token or job.id, None) is not None:
+                return  # its outcome was settled when the lease was taken back
             if outcome == "completed":
                 self.processed += 1
             elif outcome == "failed":
                 self.failed += 1
             elif outcome == "retried":
                 self.retried += 1
-        for listener in self.listeners:
-            try:
-                listener(job, outcome, duration, wait)
-            except Exception:
-                log.exception("job listener failed")
-
-
-_outcome = threading.local()
-
-
-def _record(signal_name):
-    def receiver(signal, task, *args, **kwargs):
-        events = getattr(_outcome, "events", None)
-        if events is not None:
-            events.append(signal_name)
-
-    return receiver
-
-
-def _post_execute(task, value, exception):
-    if exception is not None:
-        _outcome.exception = exception
-
-
-def instrument(huey: ClarityHuey) -> None:
-    """Capture each job's outcome in the executing thread (Huey emits signals there)."""
-    if getattr(huey, "_clarity_instrumented", False):
-        return
-    for name in OUTCOME_SIGNALS:
-        huey._signal.connect(_record(name), name)
-    huey.post_execute("clarity-outcome")(_post_execute)
-    huey._clarity_instrumented = True
 
 
 class ClarityWorker(Worker):
-    state: RuntimeState = None  # set by the consumer factory
+    state: RuntimeState = None  # all three set by the consumer factory
+    events: RuntimeEvents = None
+    enforce_timeouts: bool = False  # thread mode: the lease keeper enforces task timeouts
 
     def initialize(self):
         super().initialize()
-        LeaseKeeper.ensure(self.huey, self.state)
+        LeaseKeeper.ensure(self.huey, self.state, self.events, self.enforce_timeouts)
 
     def shutdown(self):
         try:
-            released = self.huey.storage.release_unstarted()
-            if released:
-                log.info("returned %d unstarted job(s) to %s", released, self.huey.queue)
+            if self.huey.storage.release_unstarted():
+                log.info("returned an unstarted job to %s", self.huey.queue)
         except RedisError:
-            log.warning("could not return unstarted jobs; they come back when their lease "
+            log.warning("could not return an unstarted job; it comes back when its lease "
                         "expires", exc_info=True)
         super().shutdown()
 
     def loop(self, now=None):
         try:
             task = self.huey.lease_task(block=True)
+        except RefusedMessage as refused:
+            self.events.bad_message(self.huey.queue, refused.task, refused.reason)
+            return
         except RedisError as exc:
             log.warning("cannot lease from %s: %s; retrying in %.1fs", self.huey.queue, exc,
                         self.delay)
@@ -153,60 +123,92 @@ class ClarityWorker(Worker):
 
     def perform_job(self, task, now=None):
         lease = task.lease
-        job = ActiveJob(task.id, self.huey.queue, task.name, time.time(), lease.deliveries)
+        spec = self.huey.specs.get(task.name)
+        job = ActiveJob(task.id, self.huey.queue, task.name, time.time(), lease.deliveries,
+                        timeout=task.timeout or (spec.timeout if spec else None),
+                        token=lease.token, task_object=task)
         wait = max(0.0, job.started - lease.ready_ms / 1000)
-        _outcome.events, _outcome.exception = [], None
-        self.state.job_started(job)
-        with job_context(self.huey.queue, task.id, task.name):
-            if lease.deliveries > 1:
-                log.warning("redelivery %d of %s %s (an earlier worker died or hung)",
-                            lease.deliveries, task.name, task.id)
-            try:
-                self.huey.execute(task, now)
-            except Exception:
-                # Huey itself failed (e.g. Redis vanished while requeueing a retry). The
-                # lease stays; the reaper redelivers the job when it expires.
-                log.exception("error around job %s; it will be redelivered after its lease",
-                              task.id)
-                self.state.job_finished(job, "error", time.time() - job.started, wait)
-                return
-            outcome = self.settle_job(task)
-        self.state.job_finished(job, outcome, time.time() - job.started, wait)
+        task.outcomes, task.exception = [], None  # filled by ClarityHuey's signal receivers
+        task.settling = False
+        outcome = "error"
+        self.events.job_started(job)
+        try:
+            with job_context(self.huey.queue, task.id, task.name):
+                if lease.deliveries > 1:
+                    log.warning("redelivery %d of %s %s (an earlier worker died or hung)",
+                                lease.deliveries, task.name, task.id)
+                try:
+                    self.huey.execute(task, now)
+                except Exception:
+                    # Huey itself failed around the job (e.g. Redis vanished while it
+                    # requeued a retry): the job goes back below.
+                    log.exception("error around job %s; returning it to the queue", task.id)
+                else:
+                    outcome = self.settle_job(task)
+        finally:
+            # Every way out that neither settled the job nor handed it back (an exception
+            # anywhere, even one that kills this thread) ends here: a lease nobody works on
+            # must not be renewed forever.
+            if self.huey.storage.holds(lease):
+                self.give_back(task)
+            self.events.job_finished(job, outcome, time.time() - job.started, wait)
+
+    def give_back(self, task):
+        storage = self.huey.storage
+        if task.settling:
+            # A settlement was sent and its answer lost: it may have landed. Leave the lease
+            # to expire; the reaper redelivers the job if it did not.
+            storage.forget(task.lease)
+            return
+        try:
+            storage.settle([Settlement("return", task.lease)])
+            log.warning("job %s returned to %s for another delivery", task.id, self.huey.queue)
+        except Exception:  # noqa: BLE001 - Redis gone too: the reaper redelivers it
+            log.warning("could not return job %s; it is redelivered when its lease expires",
+                        task.id)
+        finally:
+            storage.forget(task.lease)
 
     def settle_job(self, task) -> str:
-        events, exc = _outcome.events, _outcome.exception
-        storage = self.huey.storage
+        events, exc = task.outcomes, task.exception
         if S.SIGNAL_INTERRUPTED in events:
             return self.handle_job_interrupted(task)
         if S.SIGNAL_RETRYING in events or S.SIGNAL_SCHEDULED in events:
-            storage.forget(task.lease)
-            return "retried" if S.SIGNAL_RETRYING in events else "scheduled"
+            return self.handle_job_retry(task, events)
         if exc is not None or S.SIGNAL_ERROR in events:
             return self.handle_job_failure(task, exc)
         return self.handle_job_success(task, events)
 
     def handle_job_success(self, task, events) -> str:
-        self._settle(Settlement("ack", task.lease))
+        self._settle(task, Settlement("ack", task.lease))
         if S.SIGNAL_EXPIRED in events:
             return "expired"
         return "completed"
 
+    def handle_job_retry(self, task, events) -> str:
+        # Huey re-enqueued the task (ClarityHuey.retry_later); the enqueue script ended the
+        # lease in the same step (or refused a lease that was lost), so nothing to settle.
+        self.huey.storage.forget(task.lease)
+        return "retried" if S.SIGNAL_RETRYING in events else "scheduled"
+
     def handle_job_failure(self, task, exc) -> str:
-        reason = "canceled" if isinstance(exc, CancelExecution) else "error"
+        reason = ("canceled" if isinstance(exc, CancelExecution)
+                  else "timeout" if isinstance(exc, TaskTimeout) else "error")
         tb = "".join(traceback.format_exception(exc)) if exc is not None else ""
         error = (str(exc) or repr(exc)) if exc is not None else "unknown error"
         if isinstance(exc, CancelExecution) and not str(exc):
             error = "the handler gave up (CancelExecution) without retrying"
         log.error("job %s %s failed for good after %d delivery(ies): %s: %s", task.name,
                   task.id, task.lease.deliveries, type(exc).__name__, error)
-        self._settle(Settlement("fail", task.lease, reason=reason,
-                                error_type=type(exc).__name__ if exc else "Error",
-                                error=error, traceback=tb, attempts=self._attempts(task)))
+        self._settle(task, Settlement("fail", task.lease, reason=reason,
+                                      error_type=type(exc).__name__ if exc else "Error",
+                                      error=error, traceback=tb,
+                                      attempts=self._attempts(task)))
         return "failed"
 
     def handle_job_interrupted(self, task) -> str:
         log.warning("job %s interrupted by shutdown; returned to the queue", task.id)
-        self._settle(Settlement("requeue", task.lease))
+        self._settle(task, Settlement("release", task.lease))
         return "interrupted"
 
     def _attempts(self, task) -> int:
@@ -214,7 +216,8 @@ class ClarityWorker(Worker):
         configured = spec.retries if spec else 0
         return configured - (task.retries or 0) + 1
 
-    def _settle(self, settlement: Settlement):
+    def _settle(self, task, settlement: Settlement):
+        task.settling = True
         try:
             # Ask for the next job in the same round trip, unless we are stopping.
             self.huey.storage.settle([settlement], fetch=not self.stop_flag.is_set())
@@ -229,8 +232,10 @@ class ClarityScheduler(BaseProcess):
     process_name = "Scheduler"
     tick = 0.25
 
-    def __init__(self, huey, stop_flag, periodic=True, reap_interval=None):
+    def __init__(self, huey, stop_flag, events: RuntimeEvents, periodic=True,
+                 reap_interval=None):
         super().__init__(huey, stop_flag)
+        self.events = events
         self.periodic = periodic
         self.reap_interval = reap_interval or max(0.5, min(5.0, huey.settings.lease_seconds / 4))
         self._next_reap = 0.0
@@ -245,8 +250,13 @@ class ClarityScheduler(BaseProcess):
                 self._next_reap = start + self.reap_interval
                 self.reap()
             if self.periodic and start >= self._next_periodic:
-                self._next_periodic = start + 60 - (time.time() % 60)
-                for task in self.huey.read_periodic(None):
+                # Ticks follow Redis' clock, like everything that decides when work is due:
+                # workers with skewed clocks agree on which minute it is.
+                seconds, micros = storage.conn.time()
+                redis_now = seconds + micros / 1e6
+                self._next_periodic = start + 60 - (redis_now % 60)
+                stamp = dt.datetime.fromtimestamp(redis_now, dt.UTC).replace(tzinfo=None)
+                for task in self.huey.read_periodic(stamp):
                     log.info("enqueueing periodic task %s", task.name)
                     self.huey.enqueue(task)
         except RedisError as exc:
@@ -263,22 +273,23 @@ class ClarityScheduler(BaseProcess):
         if requeued or abandoned:
             log.warning("reaper on %s: %d expired lease(s) returned to the queue, %d abandoned",
                         self.huey.queue, requeued, abandoned)
-            for listener in REAP_LISTENERS:
-                listener(self.huey.queue, requeued, abandoned)
-
-
-REAP_LISTENERS: list = []
+            self.events.leases_reaped(self.huey.queue, requeued, abandoned)
 
 
 class LeaseKeeper:
-    """One thread per process: renews held leases and writes the heartbeat."""
+    """One thread per process and queue: renews the leases this process works on, writes
+    the heartbeat, and (thread mode) takes back the lease of a job that overran its timeout.
+    It survives any error: logged, counted (`keeper_error`), and it goes on."""
 
     _instances: typing.ClassVar[dict[tuple[int, str], LeaseKeeper]] = {}
     _lock = threading.Lock()
 
-    def __init__(self, huey: ClarityHuey, state: RuntimeState):
+    def __init__(self, huey: ClarityHuey, state: RuntimeState, events: RuntimeEvents,
+                 enforce_timeouts: bool = False):
         self.huey = huey
         self.state = state
+        self.events = events
+        self.enforce_timeouts = enforce_timeouts
         # Renew well before a lease expires, and beat often enough that the admin's 30 s
         # "alive" window holds whatever the lease length.
         self.interval = min(5.0, max(0.2, huey.settings.lease_seconds / 3))
@@ -288,11 +299,11 @@ class LeaseKeeper:
                                        daemon=True)
 
     @classmethod
-    def ensure(cls, huey, state):
+    def ensure(cls, huey, state, events, enforce_timeouts=False):
         key = (os.getpid(), huey.queue)
         with cls._lock:
             if key not in cls._instances:
-                keeper = cls(huey, state)
+                keeper = cls(huey, state, events, enforce_timeouts)
                 cls._instances[key] = keeper
                 keeper.thread.start()
             return cls._instances[key]
@@ -301,8 +312,12 @@ class LeaseKeeper:
     def stop_all(cls):
         with cls._lock:
             keepers = list(cls._instances.values())
+            cls._instances.clear()
         for keeper in keepers:
             keeper.stopped.set()
+        for keeper in keepers:
+            if keeper.thread is not threading.current_thread():
+                keeper.thread.join(10)  # a heartbeat in flight must not land after sign-off
             keeper.sign_off()
 
     @property
@@ -317,25 +332,68 @@ class LeaseKeeper:
             pass
 
     def run(self):
-        storage = self.huey.storage
         while not self.stopped.wait(self.interval):
+            self.tick()
+
+    def tick(self):
+        for step in (self.take_back_overrun, self.renew, self.heartbeat):
             try:
-                lost = storage.renew()
-                if lost:
-                    log.warning("lost the lease of %d job(s) on %s (reaped while running: "
-                                "they may run twice): %s", len(lost), self.huey.queue,
-                                ", ".join(lost))
-                self.heartbeat()
-            except RedisError as exc:
-                log.warning("lease keeper on %s: %s", self.huey.queue, exc)
+                step()
+            except Exception as exc:
+                log.warning("lease keeper on %s: %s failed: %s: %s", self.huey.queue,
+                            step.__name__, type(exc).__name__, exc,
+                            exc_info=not isinstance(exc, RedisError))
+                self.events.keeper_error(self.huey.queue, type(exc).__name__)
+
+    def renew(self):
+        lost = self.huey.storage.renew()
+        if lost:
+            log.warning("lost the lease of %d job(s) on %s (reaped while running: they may run "
+                        "twice): %s", len(lost), self.huey.queue, ", ".join(lost))
+
+    def take_back_overrun(self):
+        """Thread mode: a thread cannot be killed, so a job past its task timeout loses its
+        lease instead: retried (the task's retries and backoff) or failed as `timeout`,
+        while the stuck thread is counted until its handler returns (its late settlement
+        is refused by the lease token)."""
+        if not self.enforce_timeouts:
+            return
+        now = time.time()
+        with self.state.lock:
+            overrun = [j for j in self.state.active.values()
+                       if j.queue == self.huey.queue and j.timeout and j.token not in
+                       self.state.stuck and now - j.started > j.timeout]
+            for job in overrun:
+                self.state.stuck[job.token] = job
+        for job in overrun:
+            self.time_out(job)
+
+    def time_out(self, job: ActiveJob):
+        task = copy.copy(job.task_object)
+        storage = self.huey.storage
+        storage.forget(task.lease)
+        error = TaskTimeout(f"ran past its timeout of {job.timeout:g}s (thread still busy)")
+        log.error("job %s %s ran past its %gs timeout; its lease is taken back", job.task,
+                  job.id, job.timeout)
+        retried = False
+        if task.retries:
+            retried = self.huey.retry_later(task, self.huey.retry_delay(task), error)
+        else:
+            storage.settle([Settlement("fail", task.lease, reason="timeout",
+                                       error_type="TaskTimeout", error=str(error),
+                                       attempts=job.deliveries)])
+        self.events.job_timed_out(job, retried)
 
     def heartbeat(self):
-        state = self.state
+        state, offset = self.state, self.huey.storage.clock_offset
         with state.lock:
-            doc = {"heartbeat": time.time(), "pid": os.getpid(), "host": os.uname().nodename,
-                   "concurrency": state.concurrency, "active": len(state.active),
+            # Stamped on Redis' clock (our clock + the offset renew measured), so that the
+            # admin, on another host, judges "alive" without trusting either host's clock.
+            doc = {"heartbeat": time.time() + offset, "pid": os.getpid(),
+                   "host": os.uname().nodename, "concurrency": state.concurrency,
+                   "active": len(state.active), "stuck": len(state.stuck),
                    "processed": state.processed, "failed": state.failed,
-                   "started": state.started_at, "version": __version__}
+                   "started": state.started_at + offset, "version": __version__}
         storage = self.huey.storage
         storage.conn.hset(storage.keys.workers, self.member, json.dumps(doc))
         if time.monotonic() >= self._next_prune:
@@ -345,7 +403,7 @@ class LeaseKeeper:
     def prune_dead_workers(self, older_than: float = 3600):
         """Forget heartbeats of workers gone for an hour (killed, or their host is gone)."""
         conn, key = self.huey.storage.conn, self.huey.storage.keys.workers
-        cutoff = time.time() - older_than
+        cutoff = time.time() + self.huey.storage.clock_offset - older_than
         stale = []
         for member, raw in conn.hgetall(key).items():
             try:
@@ -362,17 +420,21 @@ class QueueConsumer(Consumer):
 
     worker_class = ClarityWorker
 
-    def __init__(self, huey, state: RuntimeState, **options):
+    def __init__(self, huey, state: RuntimeState, events: RuntimeEvents, **options):
         self.state = state
+        self.events = events
         super().__init__(huey, **options)
 
     def _create_worker(self):
         worker = super()._create_worker()
-        worker.state = self.state
+        worker.state, worker.events = self.state, self.events
+        # Forked job processes get Huey's own SIGALRM timeout; threads cannot be interrupted,
+        # so there the lease keeper takes an overrunning job's lease back instead.
+        worker.enforce_timeouts = self.worker_type == WORKER_THREAD
         return worker
 
     def _create_scheduler(self):
-        return ClarityScheduler(self.huey, self.stop_flag, periodic=self.periodic)
+        return ClarityScheduler(self.huey, self.stop_flag, self.events, periodic=self.periodic)
 
     def _set_signal_handlers(self):
         pass  # the runner owns signals for all queues of this process
@@ -386,20 +448,24 @@ class ClarityRunner:
     """
 
     def __init__(self, settings: Settings, queues: list[str], concurrency: int, name: str,
-                 processes: bool = False, periodic: bool = True):
+                 processes: bool = False, periodic: bool = True,
+                 events: RuntimeEvents | None = None):
         if processes and len(queues) > 1:
             raise ValueError("--processes serves one queue per worker process: run one "
                              "clarity-worker@<queue> unit per queue (or drop --processes to "
                              "serve several queues with threads)")
         self.settings = settings
-        self.state = RuntimeState(name=name, queues=list(queues), concurrency=concurrency)
+        self.processes = processes
+        self.state = RuntimeState(name=name, queues=list(queues), concurrency=concurrency,
+                                  waiting_for_redis="not connected yet")
+        self.events = events or RuntimeEvents()
+        self.events.subscribe(self.state)
         self.consumer_id = f"{name}:{os.getpid()}"
         self.consumers: list[QueueConsumer] = []
         for queue in queues:
             huey = get_huey(queue, settings, consumer_id=self.consumer_id)
-            instrument(huey)
             self.consumers.append(QueueConsumer(
-                huey, self.state, workers=concurrency, periodic=periodic,
+                huey, self.state, self.events, workers=concurrency, periodic=periodic,
                 worker_type=WORKER_PROCESS if processes else WORKER_THREAD,
                 initial_delay=0.1, max_delay=5.0, check_worker_health=True,
                 health_check_interval=5, shutdown_timeout=settings.shutdown_timeout))
@@ -424,13 +490,48 @@ class ClarityRunner:
         for c in self.consumers:
             c.start()
             # Keep a keeper in this (parent) process as well: thread workers share it.
-            LeaseKeeper.ensure(c.huey, self.state)
+            LeaseKeeper.ensure(c.huey, self.state, self.events, not self.processes)
         log.info("worker %s started: queues=%s concurrency=%d pid=%d version=%s redis=%s",
                  self.state.name, ",".join(self.state.queues), self.state.concurrency,
                  os.getpid(), __version__, self.settings.redis_display())
 
+    def wait_for_redis(self, max_delay: float = 15.0) -> bool:
+        """Until Redis answers: True; False if told to stop meanwhile.
+
+        A worker that starts before Redis (a rack power cycle, where Redis loads its AOF
+        slower than the workers boot) waits here with backoff instead of exiting, so a
+        start limit never leaves it failed; /health answers 503 with the reason meanwhile.
+        A refused password is a configuration error: it raises at once."""
+        conn = self.consumers[0].huey.storage.conn
+        delay = 0.5
+        while self._signal is None:
+            try:
+                conn.ping()
+            except (AuthenticationError, AuthorizationError, NoPermissionError):
+                raise
+            except (RedisError, OSError) as exc:
+                self.state.waiting_for_redis = f"{type(exc).__name__}: {exc}"
+                log.warning("Redis at %s does not answer (%s); worker %s waits, next try in "
+                            "%.1fs", self.settings.redis_display(),
+                            self.state.waiting_for_redis, self.state.name, delay)
+                deadline = time.monotonic() + delay
+                while self._signal is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    self.state.consumer_alive = time.monotonic()
+                delay = min(max_delay, delay * 2)
+                continue
+            if self.state.waiting_for_redis is not None:
+                log.info("Redis at %s answers; worker %s starts", self.settings.redis_display(),
+                         self.state.name)
+            self.state.waiting_for_redis = None
+            return True
+        return False
+
     def run(self) -> int:
         self.install_signals()
+        if not self.wait_for_redis():
+            log.info("worker %s stopped before Redis answered", self.state.name)
+            return 0
         self.start()
         next_health = time.monotonic() + 5
         while self._signal is None and not self.stopped.is_set():
@@ -451,12 +552,7 @@ class ClarityRunner:
         log.info("worker %s received %s: stopping gracefully (up to %.0fs for running jobs)",
                  self.state.name, name, self.settings.shutdown_timeout)
         for c in self.consumers:
-            c.stop_flag.set()
-        for c in self.consumers:
-            try:
-                c.huey.storage.release_unstarted()
-            except RedisError:
-                log.warning("could not return unstarted jobs of %s", c.huey.queue)
+            c.stop_flag.set()  # a worker thread returns a job it fetched but did not start
         deadline = time.monotonic() + self.settings.shutdown_timeout
         for c in self.consumers:
             procs = [p for _, p in c.worker_threads] + [c.scheduler]
@@ -472,19 +568,14 @@ class ClarityRunner:
             for c in self.consumers:
                 c._interrupt_workers()
                 self._requeue_running(c)
-        for c in self.consumers:
-            try:  # a worker may have prefetched while we waited
-                c.huey.storage.release_unstarted()
-            except RedisError:
-                pass
         LeaseKeeper.stop_all()
         log.info("worker %s stopped: %d completed, %d failed", self.state.name,
                  self.state.processed, self.state.failed)
 
     def _requeue_running(self, consumer):
+        # Back at once, the delivery not charged: a shutdown is no fault of the job's.
         storage = consumer.huey.storage
-        held = [lease for lease in storage.held_leases() if lease.started]
         try:
-            storage.settle([Settlement("requeue", lease) for lease in held])
+            storage.settle([Settlement("release", lease) for lease in storage.held_leases()])
         except RedisError:
             log.warning("could not requeue running jobs; they return when their lease expires")

@@ -34,8 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from redis.exceptions import RedisError
 
-import redis
-from worker import __version__
+from worker import __version__, connections
 from worker.queues import QUEUE_NAMES
 
 log = logging.getLogger("clarity.health")
@@ -60,10 +59,12 @@ class RedisProbe:
     def __init__(self, settings):
         from worker.management import QueueManager
 
-        self.client = redis.Redis.from_url(
-            settings.redis_connection_url(), socket_timeout=REDIS_PROBE_TIMEOUT,
-            socket_connect_timeout=REDIS_PROBE_TIMEOUT, max_connections=8)
+        self.settings = settings
+        self.client = connections.redis_client(settings, timeout=REDIS_PROBE_TIMEOUT)
         self.manager = QueueManager(settings, client=self.client)
+        self.sentinel = bool(settings.redis_target().sentinels)
+        self._topology: dict | None = None
+        self._topology_at = 0.0
         self.display = settings.redis_display()
         self.last_error: str | None = None
         self.last_rtt: float | None = None
@@ -80,6 +81,18 @@ class RedisProbe:
         self.last_rtt = time.perf_counter() - start
         self.last_error = None
         return self.last_rtt
+
+    def topology(self) -> dict | None:
+        """Where Redis is (the primary and replicas Sentinel names), re-read every 5 s."""
+        if time.monotonic() - self._topology_at < 5.0:
+            return self._topology
+        self._topology_at = time.monotonic()
+        try:
+            self._topology = connections.topology(self.settings)
+        except (RedisError, OSError) as exc:
+            self._topology = {"mode": "sentinel" if self.sentinel else "single",
+                              "error": f"{type(exc).__name__}: {exc}"}
+        return self._topology
 
     def counts(self) -> dict | None:
         try:
@@ -99,8 +112,7 @@ class HealthService:
         self.queues = list(queues)
         self.probe = probe or RedisProbe(settings)
         self.metrics = metrics
-        self.processes = any(getattr(c, "worker_type", "thread") == "process"
-                             for c in runner.consumers)
+        self.processes = runner.processes
 
     def stopping(self) -> bool:
         return getattr(self.runner, "_signal", None) is not None
@@ -110,17 +122,31 @@ class HealthService:
         age = time.monotonic() - self.state.consumer_alive
         if self.stopping():
             checks["consumer"] = {"ok": False, "reason": "worker is stopping"}
+        elif self.state.waiting_for_redis is not None:
+            checks["consumer"] = {"ok": False, "reason": "waiting for Redis before starting "
+                                  f"({self.state.waiting_for_redis})"}
         elif age > LOOP_STALE_SECONDS:
             checks["consumer"] = {"ok": False, "reason": f"consumer loop has not ticked for "
                                   f"{age:.1f}s (stuck or dead)"}
         else:
             checks["consumer"] = {"ok": True, "lastTickSecondsAgo": round(age, 3)}
+        with self.state.lock:
+            stuck = [f"{j.task} {j.id} ({time.time() - j.started:.0f}s)"
+                     for j in self.state.stuck.values()]
+        if stuck:
+            checks["threads"] = {"ok": False, "reason": f"{len(stuck)} thread(s) stuck past "
+                                 f"their task timeout: {', '.join(stuck)}; restart the worker "
+                                 "if they do not return"}
+        else:
+            checks["threads"] = {"ok": True, "stuck": 0}
         rtt = self.probe.ping()
         if rtt is None:
             checks["redis"] = {"ok": False, "reason": f"Redis at {self.probe.display} does not "
                                f"answer PING: {self.probe.last_error}"}
         else:
             checks["redis"] = {"ok": True, "roundtripMs": round(rtt * 1000, 3)}
+            if self.probe.sentinel:
+                checks["redis"]["topology"] = self.probe.topology()
         failing = [name for name, check in checks.items() if not check["ok"]]
         doc = {"status": "ok" if not failing else "unhealthy", "worker": self.state.name,
                "queues": self.queues, "checks": checks}
@@ -157,7 +183,8 @@ class HealthService:
         doc.update(processed=processed, failed=failed, retried=retried)
         rtt = self.probe.ping()
         doc["redis"] = {"url": self.probe.display, "up": rtt is not None,
-                        "roundtripMs": round(rtt * 1000, 3) if rtt is not None else None}
+                        "roundtripMs": round(rtt * 1000, 3) if rtt is not None else None,
+                        "topology": self.probe.topology()}
         if rtt is None:
             doc["redis"]["error"] = self.probe.last_error
         return doc
@@ -219,27 +246,16 @@ class HealthServer:
         self.httpd.server_close()
 
 
-def start_health_server(settings, runner, queues) -> HealthServer | None:
-    """Start the health server for this worker (called by `clarity worker` before the
-    consumers start, so that the metric hooks are in place before any job or fork)."""
-    from worker.metrics import WorkerMetrics
-
-    queues = list(queues)
-    port = health_port(settings, queues)
-    processes = any(getattr(c, "worker_type", "thread") == "process" for c in runner.consumers)
-    probe = RedisProbe(settings)
-    metrics = WorkerMetrics(runner.state, probe, processes=processes,
-                            backup_file=os.environ.get("BACKUP_TIMESTAMP_FILE") or None)
-    metrics.attach(runner)
+def serve_health(service: HealthService, port: int) -> HealthServer | None:
+    """Serve `service` on `port` (0: disabled). A busy port is logged, not fatal: the worker
+    still does its job, and monitoring shows this target as down."""
     if port == 0:
         log.info("health server disabled (HEALTH_CHECK_PORT=0)")
         return None
     host = os.environ.get("HEALTH_CHECK_HOST", "0.0.0.0")
-    service = HealthService(settings, runner, queues, metrics=metrics, probe=probe)
     try:
         server = HealthServer(service, host, port).start()
     except OSError as exc:
-        # The worker still does its job; monitoring will show this target as down.
         log.error("health server cannot listen on %s:%d (%s): another worker of this queue on "
                   "this host? Set HEALTH_CHECK_PORT to a free port (0 disables it). Running "
                   "without /health and /metrics.", host, port, exc.strerror or exc)

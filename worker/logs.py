@@ -65,14 +65,60 @@ TEXT_FORMAT = ("%(asctime)s %(levelname)-7s %(worker)s [%(queue)s %(job_id)s] "
                "%(name)s: %(message)s")
 
 
+# DEBUG namespaces that mean "the whole queue runtime": ours, and the original guide's
+# (`DEBUG=bullmq:*`, the Node debug module's syntax).
+RUNTIME_NAMESPACES = {"", "clarity", "bullmq", "huey", "queue", "worker"}
+
+
+def debug_loggers(value: str | None = None) -> list[str] | None:
+    """The loggers DEBUG asks to see at debug level: [""] (all) for DEBUG=1/true/yes/on,
+    `*`, `clarity:*` or the guide's `bullmq:*`; ["clarity.<name>"] for `clarity:<name>`;
+    None when DEBUG asks for nothing (unset, 0, false, or only other programs' namespaces).
+    Several patterns may be given, separated by commas or spaces, as the debug module
+    takes them."""
+    raw = (os.environ.get("DEBUG", "") if value is None else value).strip()
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return [""]
+    loggers: list[str] = []
+    for pattern in raw.replace(",", " ").split():
+        if pattern.startswith("-"):
+            continue
+        namespace, _, rest = pattern.partition(":")
+        namespace = namespace.rstrip("*").lower()
+        if namespace not in RUNTIME_NAMESPACES:
+            continue
+        rest = rest.strip("*").strip(":")
+        if not rest or namespace in ("", "bullmq"):
+            loggers.append("")
+        else:
+            loggers.append(f"clarity.{rest.replace(':', '.')}")
+    return loggers or None
+
+
 def debug_requested() -> bool:
-    """DEBUG=1 (or true/yes/on) in the environment forces DEBUG level, whatever LOG_LEVEL."""
-    return os.environ.get("DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    """DEBUG=1 (or true/yes/on, or a namespace pattern like `bullmq:*`) forces debug
+    logging, whatever LOG_LEVEL."""
+    return debug_loggers() is not None
+
+
+class _ScopeFilter(logging.Filter):
+    """With DEBUG=clarity:<name>, debug lines of that logger only; the rest at LOG_LEVEL."""
+
+    def __init__(self, wanted: list[str], level: str):
+        super().__init__()
+        self.wanted = [w for w in wanted if w]
+        self.level = logging.getLevelName(level) if isinstance(level, str) else level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.level:
+            return True
+        return any(record.name == w or record.name.startswith(w + ".") for w in self.wanted)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     """fmt: 'json', 'text' or 'auto' (text on a terminal, JSON otherwise)."""
-    if debug_requested():
+    wanted = debug_loggers()
+    if wanted == [""]:
         level = "DEBUG"
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
@@ -84,3 +130,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(level)
     # Huey logs every execution at INFO; keep that at DEBUG unless asked.
     logging.getLogger("huey").setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)
+    scoped = [name for name in wanted or () if name]
+    if scoped and level != "DEBUG":
+        # DEBUG=clarity:worker: that part at debug level, everything else at LOG_LEVEL.
+        root.setLevel(logging.DEBUG)
+        handler.addFilter(_ScopeFilter(scoped, level))

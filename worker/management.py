@@ -11,10 +11,19 @@ import json
 import time
 
 import redis
+
 from worker.messages import peek_job
-from worker.queues import PRIORITY_BAND, QUEUE_NAMES, JobState, Priority, QueueKeys, check_queue
+from worker.queues import (
+    QUEUE_NAMES,
+    JobState,
+    Priority,
+    QueueKeys,
+    check_queue,
+    priority_band,
+    score_priority,
+)
 from worker.settings import Settings, get_settings
-from worker.storage import ReliableRedisStorage, score_priority
+from worker.storage import ReliableRedisStorage
 
 NAMED_PRIORITIES = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW]
 CLEARABLE_STATES = ("waiting", "delayed", "failed")
@@ -33,18 +42,39 @@ def _int(value, default=0):
         return default
 
 
+def _history(raw) -> list[dict]:
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if not isinstance(entries, list):  # Lua's cjson writes an empty list as {}
+        return []
+    out = []
+    for e in entries:
+        if isinstance(e, dict):
+            out.append({"attempt": e.get("attempt"), "errorType": e.get("errorType"),
+                        "error": e.get("error"), "traceback": e.get("traceback"),
+                        "at": _iso_ms(e.get("at"))})
+    return out
+
+
+def _seconds(redis_time) -> float:
+    seconds, micros = redis_time
+    return seconds + micros / 1e6
+
+
 def _iso_ms(ms):
     if ms in (None, b"", ""):
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ms) / 1000)) + \
-        f".{int(ms) % 1000:03d}Z"
+    ms = int(float(ms))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 class QueueManager:
     """Operator's view of the queues. Thread-safe; one per process is enough."""
 
     def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None):
-        from worker.hueys import redis_client
+        from worker.connections import redis_client
 
         self.settings = settings or get_settings()
         self.redis = client or redis_client(self.settings)
@@ -67,14 +97,15 @@ class QueueManager:
     def _queue_commands(self, pipe, queue: str):
         k = self.keys(queue)
         for p in NAMED_PRIORITIES:
-            low = (10 - int(p)) * PRIORITY_BAND
-            pipe.zcount(k.waiting, low, f"({low + PRIORITY_BAND}")
+            low, high = priority_band(p)
+            pipe.zcount(k.waiting, low, f"({high}")
         pipe.zcard(k.waiting)
         pipe.zcard(k.delayed)
         pipe.zcard(k.active)
         pipe.zcard(k.failed)
         pipe.exists(k.paused)
-        pipe.zcount(k.active, "-inf", int(time.time() * 1000))
+        # Expired by Redis' clock, not this host's (one clock decides what is due).
+        self.storage(queue)._expired(keys=[k.active], client=pipe)
 
     @staticmethod
     def _queue_counts(values) -> dict:
@@ -99,6 +130,7 @@ class QueueManager:
     def snapshot(self, workers: bool = True, info_sections: tuple[str, ...] = ()):
         """(counts per queue, workers, INFO) in one round trip: what an overview shows."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
         for queue in QUEUE_NAMES:
             self._queue_commands(pipe, queue)
         if workers:
@@ -106,13 +138,14 @@ class QueueManager:
                 pipe.hgetall(self.keys(queue).workers)
         if info_sections:
             pipe.info(*info_sections)
-        values = pipe.execute()
+        redis_now, *values = pipe.execute()
         width = (len(values) - (len(QUEUE_NAMES) if workers else 0)
                  - (1 if info_sections else 0)) // len(QUEUE_NAMES)
         counts = {q: self._queue_counts(values[i * width:(i + 1) * width])
                   for i, q in enumerate(QUEUE_NAMES)}
         rest = values[width * len(QUEUE_NAMES):]
-        seen = self._parse_workers(rest[:len(QUEUE_NAMES)]) if workers else []
+        seen = (self._parse_workers(rest[:len(QUEUE_NAMES)], _seconds(redis_now))
+                if workers else [])
         info = rest[-1] if info_sections else None
         return counts, seen, info
 
@@ -182,11 +215,16 @@ class QueueManager:
         return job, payload
 
     def get_job(self, queue: str, job_id: str) -> dict | None:
-        values = self.redis.hmget(self.keys(queue).job(job_id), self.FIELDS)
+        """One job with its payload and `history`: its failed attempts, oldest first (at
+        most the last five, each with error type, error, traceback and time)."""
+        *values, history, attempt = self.redis.hmget(
+            self.keys(queue).job(job_id), (*self.FIELDS, "history", "attempt"))
         if values[1] is None:  # no state: no such job
             return None
         job, payload = self._describe(queue, job_id, values)
         job["payload"] = payload
+        job["attempt"] = _int(attempt) + 1
+        job["history"] = _history(history)
         return job
 
     def find_job(self, job_id: str) -> dict | None:
@@ -199,15 +237,21 @@ class QueueManager:
                 return self.get_job(queue, job_id)
         return None
 
-    def list_jobs(self, queue: str, state: str, limit: int = 50, offset: int = 0) -> dict:
-        """A page of jobs in `state`. Waiting: next to run first; delayed: soonest first;
-        active: oldest lease first; failed: newest failure first."""
+    def _state_zset(self, queue: str, state: str) -> str:
         k = self.keys(queue)
         try:
-            zset = {JobState.WAITING: k.waiting, JobState.DELAYED: k.delayed,
+            return {JobState.WAITING: k.waiting, JobState.DELAYED: k.delayed,
                     JobState.ACTIVE: k.active, JobState.FAILED: k.failed}[JobState(state)]
         except ValueError:
             raise ValueError("state must be one of waiting, delayed, active, failed") from None
+
+    def list_jobs(self, queue: str, state: str, limit: int = 50, offset: int = 0,
+                  payloads: bool = False) -> dict:
+        """A page of jobs in `state`. Waiting: next to run first; delayed: soonest first;
+        active: oldest lease first; failed: newest failure first. `payloads`: each job
+        also carries its full `payload` (the admin redacts it before showing it)."""
+        k = self.keys(queue)
+        zset = self._state_zset(queue, state)
         limit = max(1, min(int(limit), MAX_PAGE))
         offset = max(0, int(offset))
         newest_first = state == "failed"
@@ -222,16 +266,145 @@ class QueueManager:
         jobs = []
         for (job_id, score), values in zip(page, pipe.execute(), strict=True):
             if values[1] is not None:
-                job, _ = self._describe(queue, _text(job_id), values, score)
+                job, payload = self._describe(queue, _text(job_id), values, score)
                 if state == "waiting":
                     job["priority"] = score_priority(score)
+                if payloads:
+                    job["payload"] = payload
                 jobs.append(job)
         next_offset = offset + len(page)
         return {"jobs": jobs, "total": int(total), "offset": offset, "limit": limit,
                 "nextOffset": next_offset if next_offset < int(total) else None}
 
+    # The task is in the message (the hash keeps no copy of it), so filters read both.
+    FILTER_FIELDS = ("task", "error_type", "reason", "msg")
+
+    @staticmethod
+    def _filter_values(values) -> tuple[str | None, str | None]:
+        """(task, error kind) of a job from its FILTER_FIELDS."""
+        task, etype, reason, msg = values
+        task = _text(task) or (peek_job(msg).get("task") if msg else None)
+        return task, _text(etype) or _text(reason)
+
+    def find_jobs(self, queue: str, state: str, *, task: str | None = None,
+                  error_type: str | None = None, start: int = 0, limit: int = 50,
+                  scan: int = 5000, payloads: bool = False) -> dict:
+        """Jobs in `state` whose task and error type match, in list_jobs' order, from
+        position `start` of the state set. Reads at most `scan` ids per call (in pipelined
+        batches of 500), so a rare match in a huge failed set costs a bounded call;
+        `nextStart` continues where it stopped (None at the end). `errorType` matches the
+        exception class, or the reason for jobs without one (`abandoned`, `bad signature`)."""
+        zset = self._state_zset(queue, state)
+        k = self.keys(queue)
+        limit = max(1, min(int(limit), MAX_PAGE))
+        newest_first = state == "failed"
+        total = int(self.redis.zcard(zset))
+        position, end = max(0, int(start)), max(0, int(start)) + max(1, int(scan))
+        matches: list[tuple[str, float]] = []
+        while position < min(end, total) and len(matches) < limit:
+            stop = min(position + 500, end, total) - 1
+            page = (self.redis.zrevrange if newest_first else self.redis.zrange)(
+                zset, position, stop, withscores=True)
+            if not page:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _ in page:
+                pipe.hmget(k.job(_text(job_id)), self.FILTER_FIELDS)
+            for index, ((job_id, score), values) in enumerate(
+                    zip(page, pipe.execute(), strict=True)):
+                found_task, kind = self._filter_values(values)
+                if (task is None or found_task == task) and \
+                        (error_type is None or kind == error_type):
+                    matches.append((_text(job_id), score))
+                    if len(matches) == limit:
+                        position += index + 1
+                        break
+            else:
+                position += len(page)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, _ in matches:
+            pipe.hmget(k.job(job_id), self.FIELDS)
+        jobs = []
+        for (job_id, score), values in zip(matches, pipe.execute(), strict=True):
+            if values[1] is not None:
+                job, payload = self._describe(queue, job_id, values, score)
+                if state == "waiting":
+                    job["priority"] = score_priority(score)
+                if payloads:
+                    job["payload"] = payload
+                jobs.append(job)
+        return {"jobs": jobs, "total": total, "start": int(start), "limit": limit,
+                "nextStart": position if position < total else None}
+
+    def failed_facets(self, queue: str, sample: int = 2000) -> dict:
+        """How many of the newest `sample` failed jobs each task and error type has: what
+        the failed list's filters offer."""
+        k = self.keys(queue)
+        ids = self.redis.zrevrange(k.failed, 0, max(0, sample - 1))
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(k.job(_text(job_id)), self.FILTER_FIELDS)
+        tasks: dict[str, int] = {}
+        kinds: dict[str, int] = {}
+        for values in (pipe.execute() if ids else []):
+            t, kind = self._filter_values(values)
+            t, kind = t or "?", kind or "?"
+            tasks[t] = tasks.get(t, 0) + 1
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return {"sampled": len(ids), "tasks": dict(sorted(tasks.items())),
+                "errorTypes": dict(sorted(kinds.items()))}
+
+    # Job hash fields the job page shows besides the description's.
+    DETAIL_FIELDS = ("leased_at", "consumer", "attempt", "ready", "first_failed",
+                     "last_failed", "lease")
+
+    def job_detail(self, queue: str, job_id: str) -> dict | None:
+        """get_job() plus the times and holder a job page shows."""
+        job = self.get_job(queue, job_id)
+        if job is None:
+            return None
+        (leased_at, consumer, attempt, ready, first_failed, last_failed,
+         lease) = self.redis.hmget(self.keys(queue).job(job_id), self.DETAIL_FIELDS)
+        job.setdefault("startedAt", _iso_ms(leased_at))
+        job.setdefault("consumer", _text(consumer))
+        job.setdefault("readyAt", _iso_ms(ready))
+        job.setdefault("attempt", _int(attempt) + 1)
+        job.setdefault("firstFailedAt", _iso_ms(first_failed))
+        job.setdefault("lastFailedAt", _iso_ms(last_failed))
+        job["leaseHolder"] = _text(lease) if job.get("state") == "active" else None
+        if job.get("state") == "active" and not job.get("leaseDeadline"):
+            job["leaseDeadline"] = _iso_ms(self.redis.zscore(self.keys(queue).active, job_id))
+        return job
+
+    def retry_jobs(self, queue: str, ids: list[str]) -> int:
+        """Move the failed jobs among `ids` back to waiting; returns how many moved."""
+        return self.storage(queue).retry_failed(ids=list(ids)) if ids else 0
+
+    def remove_jobs(self, queue: str, ids: list[str], state: str = "") -> int:
+        """Remove the jobs among `ids` that are not running (only those in `state`, one of
+        CLEARABLE_STATES, when given); returns how many."""
+        if state and state not in CLEARABLE_STATES:
+            raise ValueError(f"state must be one of {', '.join(CLEARABLE_STATES)}")
+        return self.storage(queue).remove(state, ids=list(ids)) if ids else 0
+
     def list_failed(self, queue: str, limit: int = 50, offset: int = 0) -> dict:
         return self.list_jobs(queue, "failed", limit, offset)
+
+    def prune_failed(self, queue: str, max_age_seconds: float | None = None,
+                     max_count: int | None = None) -> dict[str, int]:
+        """Forget failed jobs older than `max_age_seconds`, then the oldest beyond
+        `max_count` (defaults: FAILED_RETENTION_DAYS, FAILED_MAX_JOBS); batches of 1000."""
+        if max_age_seconds is None:
+            max_age_seconds = self.settings.failed_retention_days * 86400
+        if max_count is None:
+            max_count = self.settings.failed_max_jobs
+        storage, total = self.storage(queue), {"age": 0, "count": 0}
+        while True:
+            by_age, by_count = storage.prune_failed(max_age_seconds, max_count)
+            total["age"] += by_age
+            total["count"] += by_count
+            if by_age < 1000 and by_count < 1000:
+                return total
 
     def retry_failed(self, queue: str, job_id: str | None = None) -> int:
         """Move one failed job (or all of them) back to the waiting set."""
@@ -253,18 +426,112 @@ class QueueManager:
         """Run a delayed job now."""
         return self.storage(queue).promote_due(ids=[job_id]) > 0
 
+    # -- signing keys --------------------------------------------------------------------
+
+    def signing_keys(self, queue: str) -> dict[str, int]:
+        """How many jobs (in every state) each signing key id sealed: "v1" for the older
+        form without a key id, "unsigned" for anything else. O(jobs)."""
+        from worker.hueys import get_huey
+
+        serializer, k = get_huey(queue, self.settings).serializer, self.keys(queue)
+        counts: dict[str, int] = {}
+        for _job_id, msg in self._messages_of(k, [k.waiting, k.delayed, k.active, k.failed]):
+            kid = serializer.key_id(msg) or ("v1" if msg.startswith(b"v1.") else "unsigned")
+            counts[kid] = counts.get(kid, 0) + 1
+        return counts
+
+    def resign(self, queue: str) -> int:
+        """Re-seal with JOB_SIGNING_SECRET every waiting, delayed or failed job sealed with a
+        previous secret (the last step of a rotation). A job that moves meanwhile is left as
+        it is: its worker re-signs it on a retry. Returns the number re-signed."""
+        from worker.hueys import get_huey
+
+        serializer, k = get_huey(queue, self.settings).serializer, self.keys(queue)
+        script = self.storage(queue)._resign
+        done = 0
+        batch: list[tuple[str, bytes, bytes]] = []
+        for job_id, msg in self._messages_of(k, [k.waiting, k.delayed, k.failed]):
+            resealed = serializer.resign(msg, job_id)
+            if resealed is not None:
+                batch.append((job_id, msg, resealed))
+            if len(batch) == 200:
+                done += int(script(keys=[k.job(j) for j, _, _ in batch],
+                                   args=[x for _, old, new in batch for x in (old, new)]))
+                batch = []
+        if batch:
+            done += int(script(keys=[k.job(j) for j, _, _ in batch],
+                               args=[x for _, old, new in batch for x in (old, new)]))
+        return done
+
+    def _messages_of(self, k: QueueKeys, sets: list[str], page: int = 500):
+        for zset in sets:
+            start = 0
+            while True:
+                ids = [_text(i) for i in self.redis.zrange(zset, start, start + page - 1)]
+                if not ids:
+                    break
+                pipe = self.redis.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.hget(k.job(job_id), "msg")
+                for job_id, msg in zip(ids, pipe.execute(), strict=True):
+                    if msg is not None:
+                        yield job_id, msg
+                start += page
+
+    # -- invariants ----------------------------------------------------------------------
+
+    def check_invariants(self, queue: str) -> list[str]:
+        """What breaks "a job is in exactly one state set, with its hash, whose state says
+        that set": members of two sets, members without a hash, hashes with a wrong or no
+        state, hashes in no set (a lost job). Empty when all holds.
+
+        It reads every set and SCANs the job hashes, so it costs O(jobs): for tests at rest
+        and for an operator's check of a quiet queue, not for a busy one (jobs move while it
+        reads, which shows as false alarms)."""
+        k = self.keys(queue)
+        sets = {state.value: getattr(k, state.value) for state in JobState}
+        members: dict[str, str] = {}
+        problems = []
+        for state, key in sets.items():
+            for raw in self.redis.zrange(key, 0, -1):
+                job_id = _text(raw)
+                if job_id in members:
+                    problems.append(f"{job_id}: in both {members[job_id]} and {state}")
+                members[job_id] = state
+        pipe = self.redis.pipeline(transaction=False)
+        ids = list(members)
+        for job_id in ids:
+            pipe.hget(k.job(job_id), "state")
+        for job_id, state in zip(ids, pipe.execute(), strict=True):
+            if state is None:
+                problems.append(f"{job_id}: in {members[job_id]} but its hash is gone")
+            elif _text(state) != members[job_id]:
+                problems.append(f"{job_id}: in {members[job_id]} but its hash says "
+                                f"{_text(state)}")
+        prefix = k.job_prefix
+        for raw in self.redis.scan_iter(match=prefix.replace("[", "\\[") + "*", count=1000):
+            job_id = _text(raw)[len(prefix):]
+            if job_id not in members:
+                state = self.redis.hget(raw, "state")
+                if state is not None or self.redis.exists(raw):
+                    problems.append(f"{job_id}: a hash (state {_text(state)}) in no state set: "
+                                    "a lost job")
+        return problems
+
     # -- workers -------------------------------------------------------------------------
 
     def workers(self) -> list[dict]:
         """Workers seen through their heartbeats (written every few seconds)."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
         for queue in QUEUE_NAMES:
             pipe.hgetall(self.keys(queue).workers)
-        return self._parse_workers(pipe.execute())
+        redis_now, *per_queue = pipe.execute()
+        return self._parse_workers(per_queue, _seconds(redis_now))
 
     @staticmethod
-    def _parse_workers(per_queue) -> list[dict]:
-        now = time.time()
+    def _parse_workers(per_queue, now: float) -> list[dict]:
+        """Heartbeats are stamped on Redis' clock; `now` is Redis' too."""
         out = []
         for queue, entries in zip(QUEUE_NAMES, per_queue, strict=True):
             for name, raw in entries.items():

@@ -3,7 +3,7 @@
 Two kinds, because of how the numbers are produced:
 
 * Counted as jobs run (counters, histograms, the active-jobs gauge): prometheus-client
-  metric objects updated by the runtime's job listeners. With ``--processes`` the jobs run
+  metric objects updated by the runtime's events (`JobMetrics` subscribes to them). With ``--processes`` the jobs run
   in forked children, so these live in prometheus-client's multiprocess mode: every process
   writes its own mmap'd file under PROMETHEUS_MULTIPROC_DIR and a scrape adds them up. When
   the worker runs with processes and PROMETHEUS_MULTIPROC_DIR is not set, a private
@@ -74,7 +74,7 @@ def _remove_at_exit(path: str) -> None:
 
 
 class JobMetrics:
-    """Metric objects updated from the job listeners (any process of this worker)."""
+    """Metric objects following the runtime's events (in any process of this worker)."""
 
     def __init__(self, registry):
         from prometheus_client import Counter, Gauge, Histogram
@@ -106,8 +106,14 @@ class JobMetrics:
         self.reaped = Counter("clarity_leases_reaped", "Expired leases handled by the reaper: "
                               "requeued, or abandoned after too many deliveries",
                               ["queue", "outcome"], registry=registry)
+        self.timed_out = Counter("clarity_jobs_timed_out", "Jobs that ran past their task "
+                                 "timeout in a thread: lease taken back, retried or failed",
+                                 ["queue", "task", "outcome"], registry=registry)
+        self.keeper_errors = Counter("clarity_lease_keeper_errors", "Errors the lease keeper "
+                                     "survived (renewal, heartbeat, timeouts)",
+                                     ["queue", "error"], registry=registry)
 
-    # -- listeners (signatures set by worker.consumer) -----------------------------------
+    # -- event subscriber (worker.events.RuntimeEvents) ----------------------------------
 
     def job_started(self, job) -> None:
         self.active.inc()
@@ -126,6 +132,12 @@ class JobMetrics:
 
     def bad_message(self, queue: str, task: str, reason: str) -> None:
         self.bad_messages.labels(queue, task or "?", reason.replace(" ", "_")).inc()
+
+    def job_timed_out(self, job, retried: bool) -> None:
+        self.timed_out.labels(job.queue, job.task, "retried" if retried else "failed").inc()
+
+    def keeper_error(self, queue: str, error: str) -> None:
+        self.keeper_errors.labels(queue, error).inc()
 
     def leases_reaped(self, queue: str, requeued: int, abandoned: int) -> None:
         if requeued:
@@ -155,6 +167,12 @@ class ScrapeCollector:
                                     "Unix time this worker process started", unit="")
         started.add_metric([], self.state.started_at)
         yield started
+        with self.state.lock:
+            stuck_count = len(self.state.stuck)
+        stuck = GaugeMetricFamily("clarity_worker_stuck_threads", "Threads still running a job "
+                                  "past its task timeout (its lease was taken back)")
+        stuck.add_metric([], stuck_count)
+        yield stuck
 
         rtt = self.probe.ping()
         redis_up = GaugeMetricFamily("clarity_redis_up", "1 when Redis answered PING")
@@ -168,6 +186,20 @@ class ScrapeCollector:
             counts = self.probe.counts()
             if counts is not None:
                 yield from self._queue_families(counts)
+            where = self.probe.topology()
+            if where and "primary" in where:
+                primary = GaugeMetricFamily("clarity_redis_primary", "1 for the Redis primary "
+                                            "this worker uses (Sentinel's answer, or the one "
+                                            "configured host)", labels=["address", "mode"])
+                primary.add_metric([where["primary"], where["mode"]], 1.0)
+                yield primary
+                if where["mode"] == "sentinel":
+                    replicas = GaugeMetricFamily("clarity_redis_replicas", "Replicas Sentinel "
+                                                 "knows for the primary")
+                    replicas.add_metric([], len(where.get("replicas", [])))
+                    yield replicas
+
+        yield from self._process_families()
 
         stamp = read_backup_timestamp(self.backup_file)
         if stamp is not None:
@@ -176,6 +208,44 @@ class ScrapeCollector:
                                   "BACKUP_TIMESTAMP_FILE)")
             g.add_metric([], stamp)
             yield g
+
+    @staticmethod
+    def _process_families():
+        """CPU and memory of this worker: its own process and, with --processes, the job
+        processes it forked. CPU is a counter over the worker's life: children that exited
+        and were reaped are in the parent's children times, so it never goes down."""
+        import psutil
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        me = psutil.Process()
+        try:
+            children = me.children(recursive=True)
+        except psutil.Error:
+            children = []
+        own = me.cpu_times()
+        cpu = own.user + own.system + own.children_user + own.children_system
+        rss = me.memory_info().rss
+        alive = 1
+        for child in children:
+            try:
+                times = child.cpu_times()
+                cpu += times.user + times.system
+                rss += child.memory_info().rss
+                alive += 1
+            except psutil.Error:  # exited meanwhile
+                continue
+        c = CounterMetricFamily("clarity_worker_cpu_seconds", "CPU time (user + system) of "
+                                "this worker and its job processes")
+        c.add_metric([], cpu)
+        yield c
+        m = GaugeMetricFamily("clarity_worker_resident_memory_bytes", "Resident memory of "
+                              "this worker and its job processes")
+        m.add_metric([], rss)
+        yield m
+        n = GaugeMetricFamily("clarity_worker_processes", "Processes of this worker (1, plus "
+                              "the job processes with --processes)")
+        n.add_metric([], alive)
+        yield n
 
     @staticmethod
     def _queue_families(counts: dict):
@@ -234,25 +304,6 @@ class WorkerMetrics:
         self.jobs = JobMetrics(self._own)
         self.scrape = ScrapeCollector(probe, state, backup_file)
         self.started = time.time()
-
-    def attach(self, runner) -> None:
-        """Subscribe to the runtime's hooks (call before the consumers start)."""
-        from worker import consumer
-
-        state = runner.state
-        state.listeners.append(self.jobs.job_finished)
-        original = state.job_started
-
-        def job_started(job, _original=original):
-            _original(job)
-            self.jobs.job_started(job)
-
-        # RuntimeState has finish listeners only; count starts on this worker's instance.
-        state.job_started = job_started
-        for c in runner.consumers:
-            c.huey.bad_message_hook = self.jobs.bad_message
-        if self.jobs.leases_reaped not in consumer.REAP_LISTENERS:
-            consumer.REAP_LISTENERS.append(self.jobs.leases_reaped)
 
     def registry(self):
         from prometheus_client import CollectorRegistry, multiprocess

@@ -10,18 +10,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import uuid
+import secrets
 from dataclasses import dataclass
 
 from worker.hueys import eta_ms, get_huey
 from worker.messages import dumps
 from worker.queues import Priority, check_queue
-from worker.registry import get_spec, load_task_modules
+from worker.registry import TaskSpec, get_spec, load_task_modules
 from worker.settings import Settings, get_settings
+from worker.storage import WireJob
 
 MAX_PAST_SCHEDULE = dt.timedelta(days=1)
 MAX_DELAY = dt.timedelta(days=366)
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+def new_job_id() -> str:
+    """128 random bits, base64url: 22 characters (an id is stored three times per job)."""
+    return secrets.token_urlsafe(16)
 
 
 class JobError(ValueError):
@@ -46,6 +52,27 @@ class JobRequest:
 
 
 @dataclass(frozen=True)
+class ValidatedJob:
+    """A request that passed `validate`: what Redis gets, ready to encode."""
+
+    request: JobRequest
+    spec: TaskSpec
+    payload_json: bytes  # the payload, encoded once
+    priority: int
+    eta: dt.datetime | None  # naive UTC, for people and the legacy table; None: run now
+    delay_ms: int = 0  # "in N seconds": Redis' clock turns it into the due time
+    idempotency_ttl: float | None = None  # seconds the key is kept; None: IDEMPOTENCY_TTL
+
+    @property
+    def queue(self) -> str:
+        return self.request.queue
+
+    @property
+    def task(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
 class EnqueuedJob:
     id: str
     queue: str
@@ -53,8 +80,10 @@ class EnqueuedJob:
     created: bool  # False: the idempotency key was seen before; `id` is the first job's
 
 
-def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
-    """Returns (queue, spec, payload JSON bytes, priority, eta) or raises JobError."""
+def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+             ) -> ValidatedJob:
+    """Check every argument of `req` without touching Redis; raises JobError naming the
+    first bad one."""
     try:
         check_queue(req.queue)
     except ValueError as exc:
@@ -78,11 +107,12 @@ def validate(req: JobRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     except ValueError as exc:
         raise JobError("priority", str(exc)) from None
     eta = _resolve_eta(req.delay, req.scheduled_at)
+    delay_ms = int(req.delay * 1000) if req.delay else 0
     if req.idempotency_key is not None:
         key = req.idempotency_key
         if not isinstance(key, str) or not 1 <= len(key) <= 200 or not key.isprintable():
             raise JobError("idempotency_key", "must be 1..200 printable characters")
-    return req.queue, spec, encoded, priority, eta
+    return ValidatedJob(req, spec, encoded, priority, eta, delay_ms)
 
 
 def _resolve_eta(delay, scheduled_at):
@@ -123,48 +153,52 @@ def enqueue(queue: str, task: str, payload: dict, *, priority=None, delay=None,
     """Enqueue one job (one round trip); see `enqueue_many`."""
     settings = settings or get_settings()
     load_task_modules(settings.task_modules)
-    req = JobRequest(queue, task, payload, priority, delay, scheduled_at, idempotency_key)
-    _, spec, payload_json, priority, eta = validate(req, max_payload_bytes)
+    job = validate(JobRequest(queue, task, payload, priority, delay, scheduled_at,
+                              idempotency_key), max_payload_bytes)
     huey = get_huey(queue, settings)
-    job_id = str(uuid.uuid4())
-    data = huey.serializer.encode_new_job(job_id, spec.name, payload_json, priority, eta,
-                                          spec.retries, spec.retry_delay, spec.timeout)
+    job_id = new_job_id()
     [(created, job_id)] = huey.storage.enqueue_jobs(
-        [(job_id, data, priority, eta_ms(eta), spec.name, idempotency_key)], fresh=True)
-    return EnqueuedJob(job_id, queue, spec.name, created)
+        [_wire(huey, job, job_id)], fresh=True)
+    return EnqueuedJob(job_id, queue, job.task, created)
 
 
-def enqueue_many(requests: list[JobRequest], *, settings: Settings | None = None,
+def _wire(huey, job: ValidatedJob, job_id: str) -> tuple:
+    """What the storage's enqueue script takes for one job."""
+    spec = job.spec
+    data = huey.serializer.encode_new_job(job_id, spec.name, job.payload_json, job.priority,
+                                          job.eta, spec.retries, spec.retry_delay,
+                                          spec.timeout)
+    return WireJob(job_id, data, job.priority, 0 if job.delay_ms else eta_ms(job.eta),
+                   job.delay_ms, spec.name, job.request.idempotency_key,
+                   idempotency_ttl=job.idempotency_ttl)
+
+
+def enqueue_many(requests: list[JobRequest | ValidatedJob], *,
+                 settings: Settings | None = None,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                  chunk_size: int = 500) -> list[EnqueuedJob]:
-    """Validate every request, then enqueue them with one Lua call per queue and chunk,
-    pipelined. Nothing is enqueued if any request is invalid."""
+    """Validate every request (a `ValidatedJob` is taken as it is), then enqueue them with
+    one Lua call per queue and chunk. Nothing is enqueued if any request is invalid."""
     settings = settings or get_settings()
     load_task_modules(settings.task_modules)
-    checked = [validate(r, max_payload_bytes) for r in requests]
+    checked = [r if isinstance(r, ValidatedJob) else validate(r, max_payload_bytes)
+               for r in requests]
     by_queue: dict[str, list[int]] = {}
-    for index, (queue, *_rest) in enumerate(checked):
-        by_queue.setdefault(queue, []).append(index)
-    results: list[EnqueuedJob | None] = [None] * len(requests)
+    for index, job in enumerate(checked):
+        by_queue.setdefault(job.queue, []).append(index)
+    results: list[EnqueuedJob | None] = [None] * len(checked)
     for queue, indexes in by_queue.items():
         huey = get_huey(queue, settings)
-        encode = huey.serializer.encode_new_job
         for start in range(0, len(indexes), chunk_size):
             chunk = indexes[start:start + chunk_size]
-            jobs = []
-            for i in chunk:
-                _, spec, payload_json, priority, eta = checked[i]
-                job_id = requests[i].job_id or str(uuid.uuid4())
-                data = encode(job_id, spec.name, payload_json, priority, eta, spec.retries,
-                              spec.retry_delay, spec.timeout)
-                jobs.append((job_id, data, priority, eta_ms(eta), spec.name,
-                             requests[i].idempotency_key))
-            fresh = all(requests[i].job_id is None for i in chunk)
+            ids = [checked[i].request.job_id or new_job_id() for i in chunk]
+            jobs = [_wire(huey, checked[i], job_id) for i, job_id in zip(chunk, ids, strict=True)]
+            fresh = all(checked[i].request.job_id is None for i in chunk)
             enqueued = huey.storage.enqueue_jobs(jobs, fresh=fresh)
             for i, (created, job_id) in zip(chunk, enqueued, strict=True):
-                results[i] = EnqueuedJob(job_id, queue, checked[i][1].name, created)
+                results[i] = EnqueuedJob(job_id, queue, checked[i].task, created)
     return results  # type: ignore[return-value]
 
 
-__all__ = ["EnqueuedJob", "JobError", "JobRequest", "dumps", "enqueue", "enqueue_many",
-           "validate"]
+__all__ = ["EnqueuedJob", "JobError", "JobRequest", "ValidatedJob", "dumps", "enqueue",
+           "enqueue_many", "validate"]

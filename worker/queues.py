@@ -41,6 +41,22 @@ MIN_PRIORITY, MAX_PRIORITY = 1, 10
 PRIORITY_BAND = 10**14
 
 
+def waiting_score(priority: int, seq: int) -> int:
+    """The waiting-set score (the Lua prelude's waiting_score is the same formula)."""
+    return (MAX_PRIORITY - int(priority)) * PRIORITY_BAND + seq
+
+
+def score_priority(score: float) -> int:
+    """The priority a waiting-set score was made with."""
+    return MAX_PRIORITY - int(score // PRIORITY_BAND)
+
+
+def priority_band(priority: int) -> tuple[int, int]:
+    """[low, high) of the waiting scores of one priority."""
+    low = (MAX_PRIORITY - int(priority)) * PRIORITY_BAND
+    return low, low + PRIORITY_BAND
+
+
 class JobState(str, enum.Enum):
     WAITING = "waiting"
     DELAYED = "delayed"

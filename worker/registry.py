@@ -11,15 +11,19 @@ delivers at least once.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.queues import Priority, check_queue
 
-BUILTIN_TASK_MODULES = ("worker.tasks.builtin", "worker.tasks.sync", "worker.tasks.email",
-                        "worker.tasks.webhook", "worker.tasks.notifications",
-                        "worker.tasks.cleanup")
+# Where task modules come from: the core's own (ping on every queue), the modules installed
+# packages register under this entry point group (the Income Clarity domain registers its
+# handlers in pyproject.toml), and TASK_MODULES. The core names no domain module.
+CORE_TASK_MODULES = ("worker.builtin_tasks",)
+ENTRY_POINT_GROUP = "clarity.task_modules"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class TaskSpec:
     timeout: float | None = None
     schedule: Callable | None = None  # huey crontab(...) for periodic tasks
     extra: dict = field(default_factory=dict)
+    # Payload field names (at any depth) never shown to people: the admin API, dashboard
+    # and CLI print "[redacted]" instead, whatever the caller's key.
+    sensitive: frozenset[str] = frozenset()
 
     @property
     def periodic(self) -> bool:
@@ -54,14 +61,18 @@ def _register(spec: TaskSpec) -> None:
 
 def task(queue, *, name: str | None = None, retries: int = 0, retry_delay: float = 1.0,
          retry_max_delay: float = 3600.0, priority: int = Priority.NORMAL,
-         timeout: float | None = None):
-    """Declare a handler on `queue` (a queue name, or a tuple of names)."""
+         timeout: float | None = None, sensitive: tuple[str, ...] | list[str] = ()):
+    """Declare a handler on `queue` (a queue name, or a tuple of names). `sensitive`: payload
+    field names (at any depth) that people never see (admin API, dashboard, CLI)."""
     queues = queue if isinstance(queue, tuple | list) else (queue,)
+    if isinstance(sensitive, str):
+        raise TypeError("sensitive takes a tuple of field names, e.g. sensitive=('token',)")
 
     def decorator(func):
         for q in queues:
             _register(TaskSpec(check_queue(q), name or func.__name__, func, retries,
-                               retry_delay, retry_max_delay, Priority.parse(priority), timeout))
+                               retry_delay, retry_max_delay, Priority.parse(priority), timeout,
+                               sensitive=frozenset(sensitive)))
         return func
 
     return decorator
@@ -83,17 +94,31 @@ def periodic_task(queue: str, schedule, *, name: str | None = None,
 _loaded: set = set()
 
 
+@functools.cache
+def installed_task_modules() -> tuple[str, ...]:
+    """Modules registered by installed packages under the `clarity.task_modules` entry
+    point group, sorted by entry point name (read once per process)."""
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return tuple(ep.value for ep in sorted(found, key=lambda ep: ep.name))
+
+
 def load_task_modules(extra: str | list[str] = "") -> None:
-    """Import the modules that declare tasks (built-ins plus TASK_MODULES)."""
+    """Import the modules that declare tasks: the core's, the installed ones (entry points)
+    and `extra` (TASK_MODULES)."""
     if extra in _loaded:
         return  # the producer's hot path calls this on every enqueue
     key = extra if isinstance(extra, str) else None
     if isinstance(extra, str):
         extra = [m.strip() for m in extra.split(",") if m.strip()]
-    for module in (*BUILTIN_TASK_MODULES, *extra):
+    for module in (*CORE_TASK_MODULES, *installed_task_modules(), *extra):
         importlib.import_module(module)
     if key is not None:
         _loaded.add(key)
+
+
+def find_spec(queue: str, name: str | None) -> TaskSpec | None:
+    """The declaration of `name` on `queue`, or None (unknown, or not loaded here)."""
+    return _SPECS.get((queue, name)) if name else None
 
 
 def specs_for(queue: str) -> list[TaskSpec]:

@@ -7,13 +7,22 @@ expected form and never echoes a secret's value.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.queues import QUEUE_NAMES
@@ -48,9 +57,22 @@ class Settings(ClarityBaseSettings):
     redis_db: int = Field(default=0, ge=0, le=15)
     redis_socket_timeout: float = Field(default=5.0, gt=0)
     redis_key_prefix: str = Field(default="clarity", pattern=r"^[A-Za-z0-9_.-]+$")
+    # Redis Sentinel (instead of one host): REDIS_SENTINELS=host:port,host:port and the name
+    # the sentinels monitor; or REDIS_URL=redis+sentinel://[:password@]host:port,.../name/db.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = Field(default="clarity", pattern=r"^[A-Za-z0-9_.-]+$")
+    redis_sentinel_password: SecretStr | None = None  # when the sentinels require one
+    # An enqueue is acknowledged once this many replicas have it (WAIT); default: 1 with
+    # Sentinel, 0 without. 0 turns it off.
+    redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=10, le=60_000)
 
     # Message signing (HMAC-SHA256). Shared by producers and workers.
     signing_secret: SecretStr = Field(alias="JOB_SIGNING_SECRET")
+    # Verify-only secrets while rotating (comma-separated): jobs signed with any of them
+    # still run; new ones are signed with JOB_SIGNING_SECRET.
+    signing_previous_secrets: SecretStr | None = Field(
+        default=None, alias="JOB_SIGNING_PREVIOUS_SECRETS")
 
     # Worker runtime.
     worker_concurrency: int = Field(default=4, ge=1, le=256)
@@ -61,10 +83,19 @@ class Settings(ClarityBaseSettings):
     lease_seconds: float = Field(default=30.0, ge=0.5, le=3600)
     max_deliveries: int = Field(default=5, ge=1, le=100)
     shutdown_timeout: float = Field(default=60.0, ge=0)
+    # The failed set, per queue: pruned by the hourly cleanup (QueueManager.prune_failed).
+    failed_retention_days: float = Field(default=30.0, gt=0, le=3650)
+    failed_max_jobs: int = Field(default=100_000, ge=1)
     task_modules: str = ""
 
     # Admin API.
     admin_api_key: SecretStr | None = None
+    # The audit list of operators' actions (admin and CLI), in Redis: at most this many
+    # entries and this many bytes (entries are cut to 1 KiB each; see worker/audit.py).
+    audit_max_entries: int = Field(default=10_000, ge=100, le=1_000_000)
+    audit_max_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+
+    _huey_key: str | None = PrivateAttr(default=None)
 
     # Logging.
     log_level: str = Field(default="INFO")
@@ -97,17 +128,79 @@ class Settings(ClarityBaseSettings):
                              "`python3 -c 'import secrets; print(secrets.token_hex(32))'`)")
         return value
 
+    @field_validator("signing_previous_secrets")
+    @classmethod
+    def _previous_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if any(len(s.strip()) < 16 for s in value.get_secret_value().split(",")):
+            raise ValueError("each secret must be at least 16 characters (comma-separated)")
+        return value
+
+    @property
+    def previous_signing_secrets(self) -> tuple[str, ...]:
+        if self.signing_previous_secrets is None:
+            return ()
+        return tuple(s.strip() for s in self.signing_previous_secrets.get_secret_value()
+                     .split(",") if s.strip())
+
     @model_validator(mode="after")
     def _redis_url_form(self) -> Settings:
         if self.redis_url is not None:
             url = self.redis_url.get_secret_value()
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+            if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+                raise ValueError("REDIS_URL must start with redis://, rediss://, unix:// or "
+                                 "redis+sentinel://")
+        target = self.redis_target()  # raises ValueError naming what is wrong
+        if target.sentinels and self.redis_url is not None and not url.startswith(
+                "redis+sentinel://"):
+            raise ValueError("give either REDIS_URL or REDIS_SENTINELS, not both")
         return self
+
+    def huey_key(self) -> str:
+        """What a queue's Huey instance depends on, hashed: callers that pass different
+        settings (another Redis, a rotated secret) get their own instance."""
+        if self._huey_key is None:
+            parts = (self.redis_connection_url(), self.redis_sentinels,
+                     self.redis_sentinel_master, self.redis_key_prefix,
+                     self.signing_secret.get_secret_value(), *self.previous_signing_secrets,
+                     repr(self.lease_seconds), str(self.max_deliveries), self.task_modules)
+            self._huey_key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+        return self._huey_key
 
     @property
     def queues(self) -> list[str]:
         return self.worker_queues.split(",")
+
+    def redis_target(self) -> RedisTarget:
+        """Where Redis is: one URL, or sentinels and the name they monitor."""
+        url = self.redis_url.get_secret_value() if self.redis_url is not None else ""
+        password = self.redis_password.get_secret_value() if self.redis_password else None
+        sentinel_password = (self.redis_sentinel_password.get_secret_value()
+                             if self.redis_sentinel_password else None)
+        if url.startswith("redis+sentinel://"):
+            rest = url.split("://", 1)[1]
+            if "@" in rest:
+                auth, rest = rest.rsplit("@", 1)
+                password = unquote(auth.split(":", 1)[1] if ":" in auth else auth) or password
+            hosts, _, path = rest.partition("/")
+            parts = [p for p in path.split("/") if p]
+            master = parts[0] if parts else self.redis_sentinel_master
+            db = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else self.redis_db
+            return RedisTarget(_host_ports(hosts, "REDIS_URL"), master, password,
+                               sentinel_password, db)
+        if self.redis_sentinels.strip():
+            return RedisTarget(_host_ports(self.redis_sentinels, "REDIS_SENTINELS"),
+                               self.redis_sentinel_master, password, sentinel_password,
+                               self.redis_db)
+        return RedisTarget((), "", password, None, self.redis_db, url=self.redis_connection_url(),
+                           display_address=f"{self.redis_host}:{self.redis_port}")
+
+    @property
+    def wait_replicas(self) -> int:
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_target().sentinels else 0
 
     def redis_connection_url(self) -> str:
         """The URL redis-py connects with; contains the password, so never log it."""
@@ -120,6 +213,10 @@ class Settings(ClarityBaseSettings):
 
     def redis_display(self) -> str:
         """Where Redis is, safe for logs."""
+        target = self.redis_target()
+        if target.sentinels:
+            hosts = ",".join(f"{h}:{p}" for h, p in target.sentinels)
+            return f"redis+sentinel://{hosts}/{target.master}/{target.db}"
         if self.redis_url is not None:
             url = self.redis_url.get_secret_value()
             if "@" in url:
@@ -128,6 +225,31 @@ class Settings(ClarityBaseSettings):
             return url
         return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    sentinels: tuple[tuple[str, int], ...]  # empty: one host, at `url`
+    master: str
+    password: str | None
+    sentinel_password: str | None
+    db: int
+    url: str = ""
+    display_address: str = ""
+
+
+def _host_ports(text: str, variable: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{variable} must be host:port[,host:port...], got {item!r}")
+        out.append((host.strip("[]"), int(port)))
+    if not out:
+        raise ValueError(f"{variable} names no sentinel")
+    return tuple(out)
 
 
 def describe_errors(exc: ValidationError, model: type[BaseSettings],

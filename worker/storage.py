@@ -5,36 +5,61 @@ worker killed mid-job loses the job. Here every job is a hash (`job:<id>`) and i
 the sorted set that holds its id:
 
     waiting   score = (10 - priority) * 1e14 + sequence  -> ZPOPMIN gives priority, then FIFO
+              (queues.waiting_score; the Lua prelude has the same formula)
     delayed   score = due time (ms)
     active    score = lease deadline (ms); the job hash names the holder and the lease token
     failed    score = last failure time (ms)
 
-Every transition is one Lua script (see worker/lua/), so a crash between two steps cannot
+Every transition is one Lua script (worker/lua/, loaded by worker/scripts.py), so a crash between two steps cannot
 lose or duplicate a job. Redis' own clock (TIME) scores leases, so hosts with skewed clocks
 agree on when a lease has expired.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
-from importlib import resources
+from typing import NamedTuple
 
+import redis
 from huey.storage import PriorityRedisStorage
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker import scripts
 from worker.messages import peek_job
-from worker.queues import PRIORITY_BAND, Priority, QueueKeys
+from worker.queues import Priority, QueueKeys
 
-IDEMPOTENCY_TTL = 7 * 24 * 3600
+log = logging.getLogger("clarity.storage")
+
+IDEMPOTENCY_TTL = 7 * 24 * 3600  # seconds a caller's idempotency key is remembered
 PAUSED = object()
+MAX_ERROR_CHARS = 4000
+MAX_TRACEBACK_CHARS = 16000
 
 
-def _script(name: str) -> str:
-    return resources.files("worker.lua").joinpath(f"{name}.lua").read_text()
+class NotReplicated(RedisTimeoutError):
+    """The enqueue ran on the primary, but not enough replicas confirmed it within the wait:
+    it is not acknowledged (a failover now could lose it). Callers treat it like a timeout:
+    the job may or may not be there, so retry with the same idempotency key."""
+
+
+class WireJob(NamedTuple):
+    """One job as the enqueue script takes it (see worker/lua/enqueue.lua)."""
+
+    id: str
+    data: bytes
+    priority: int = Priority.NORMAL
+    eta_ms: int = 0  # absolute due time (a caller's "at"), Redis' clock judges it
+    delay_ms: int = 0  # due this long after Redis' now (a caller's "in N s", a retry)
+    task: str = ""
+    idempotency_key: str | None = None
+    lease: str = ""  # the holder's token: a retry or reschedule of a running job
+    history: str = ""  # JSON of the failed attempt a retry records
+    idempotency_ttl: float | None = None  # seconds the key is kept (past the due time)
 
 
 @dataclass
@@ -47,16 +72,13 @@ class Lease:
     ready_ms: int
     enqueued_ms: int
     consumer: str
-    started: bool = False
-
-    @property
-    def token(self) -> str:
-        return f"{self.consumer}/{self.deliveries}"
+    token: str
+    priority: int = Priority.NORMAL
 
 
 @dataclass
 class Settlement:
-    op: str  # ack | requeue | unstart | fail
+    op: str  # ack | release | return | fail (see lease.lua)
     lease: Lease
     reason: str = ""
     error_type: str = ""
@@ -66,18 +88,30 @@ class Settlement:
 
     def args(self) -> list:
         return [self.op, self.lease.id, self.lease.token, self.reason, self.error_type,
-                self.error[:4000], self.traceback[-16000:], self.attempts]
+                self.error[:MAX_ERROR_CHARS], self.traceback[-MAX_TRACEBACK_CHARS:],
+                self.attempts]
 
 
 class ReliableRedisStorage(PriorityRedisStorage):
-    """At-least-once Huey storage. `dequeue()` leases; `settle()` ends a lease."""
+    """At-least-once Huey storage. `lease()` leases one job for the calling thread; `settle()`
+    ends leases (and may lease that thread's next job in the same round trip); the leases
+    being worked on are renewed by `renew()` until they are settled or forgotten."""
 
     def __init__(self, name="huey", *, prefix="clarity", consumer_id=None, lease_seconds=30.0,
-                 max_deliveries=5, max_batch=16, **kwargs):
+                 max_deliveries=5, wait_replicas=0, wait_timeout_ms=1000, client=None,
+                 **kwargs):
         kwargs.setdefault("blocking", True)
         kwargs.setdefault("read_timeout", 1)
+        if client is not None:  # e.g. a RedisCluster: Huey's own set-up only needs a pool
+            kwargs["connection_pool"] = redis.ConnectionPool()
         super().__init__(name, clean_name=False, **kwargs)
+        if client is not None:
+            self.conn = client
         self.keys = k = QueueKeys(prefix, name)
+        # An enqueue is acknowledged once this many replicas confirm it (WAIT, same round
+        # trip): a failover then cannot lose it.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.queue_key = k.waiting
         self.schedule_key = k.delayed
         self.result_key = k.results
@@ -86,102 +120,129 @@ class ReliableRedisStorage(PriorityRedisStorage):
         self.consumer_id = consumer_id or f"{uuid.uuid4().hex[:12]}"
         self.lease_ms = int(lease_seconds * 1000)
         self.max_deliveries = max_deliveries
-        self.max_batch = max_batch
-        self._batch = 1
-        self._last_settled = 0
-        self._found_empty = False
-        self._buffer: deque[Lease] = deque()
+        self.clock_offset = 0.0  # Redis' clock minus ours, in seconds (from renew)
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
+        self._thread = threading.local()  # .next: a lease fetched by this thread's settle
         reg = self.conn.register_script
-        self._enqueue = reg(_script("enqueue"))
-        self._lease = reg(_script("lease"))
-        self._renew = reg(_script("renew"))
-        self._reap = reg(_script("reap"))
-        self._promote = reg(_script("promote"))
-        self._move_failed = reg(_script("move_failed"))
-        self._remove = reg(_script("remove"))
+        self._enqueue = reg(scripts.source("enqueue"))
+        self._lease = reg(scripts.source("lease"))
+        self._renew = reg(scripts.source("renew"))
+        self._reap = reg(scripts.source("reap"))
+        self._promote = reg(scripts.source("promote"))
+        self._move_failed = reg(scripts.source("move_failed"))
+        self._remove = reg(scripts.source("remove"))
+        self._expired = reg(scripts.source("expired"))
+        self._prune_failed = reg(scripts.source("prune_failed"))
+        self._resign = reg(scripts.source("resign"))
 
     # -- enqueue -------------------------------------------------------------------------
 
     def enqueue_jobs(self, jobs, idempotency_ttl=IDEMPOTENCY_TTL, fresh=False):
-        """Enqueue [(id, data, priority, eta_ms, task, idempotency_key|None)] in one call.
-        Returns [(created, job_id)]: with a known idempotency key, the first job's id.
-        `fresh`: every id was just generated, so no earlier state exists (saves a lookup)."""
+        """Enqueue jobs in one call; each is a `WireJob` (or a tuple in its field order).
+        Returns [(created, job_id)]: with a known idempotency key, the first job's id; not
+        created when a job with that id exists, or a retry's lease was lost.
+        `fresh`: every id was just generated, so no earlier job exists (saves a lookup)."""
         k = self.keys
         keys = [k.waiting, k.delayed, k.seq, k.wake, k.active]
-        args = [idempotency_ttl, int(time.time() * 1000)]
+        args = []
         fresh_flag = "1" if fresh else "0"
         job_prefix, idem_prefix = k.job_prefix, k.idem_prefix
-        for job_id, data, priority, eta_ms, task, idem in jobs:
+        for job in jobs:
+            job_id, data, priority, eta_ms, delay_ms, _task, idem, lease, history, ttl = \
+                WireJob(*job) if not isinstance(job, WireJob) else job
             job_key = job_prefix + job_id
             keys += [job_key, idem_prefix + idem if idem else job_key]
-            args += [job_id, data, int(priority), eta_ms or 0, task, "1" if idem else "0",
-                     fresh_flag]
-        flat = self._enqueue(keys=keys, args=args)
+            args += [job_id, data, int(priority), eta_ms or 0, delay_ms or 0,
+                     int((ttl or idempotency_ttl) * 1000) if idem else 0, fresh_flag,
+                     lease or "", history or ""]
+        if self.wait_replicas and any(not getattr(j, "lease", "") for j in jobs):
+            flat = self._enqueue_and_wait(keys, args)
+        else:
+            flat = self._enqueue(keys=keys, args=args)
         return [(bool(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def _enqueue_and_wait(self, keys, args):
+        # WAIT counts the replicas that have this connection's writes: it must follow the
+        # script on the same connection, so both go in one pipeline (one round trip).
+        for attempt in (1, 2):
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            try:
+                flat, acked = pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self.conn.script_load(self._enqueue.script)  # Redis restarted or failed over
+                continue
+            if int(acked) < self.wait_replicas:
+                raise NotReplicated(f"enqueue confirmed by {acked} of {self.wait_replicas} "
+                                    f"replica(s) within {self.wait_timeout_ms} ms: not "
+                                    "acknowledged (retry with the same idempotency key)")
+            return flat
 
     def enqueue(self, data, priority=None):
         job_id = peek_job(data).get("id") or uuid.uuid4().hex
-        self.enqueue_jobs([(job_id, data, priority or Priority.NORMAL, 0, "", None)])
+        self.enqueue_jobs([WireJob(job_id, data, priority or Priority.NORMAL)])
 
     # -- lease ---------------------------------------------------------------------------
 
     def lease(self, block: bool = True):
-        """The next job as a `Lease`, `None` when there is none, or `PAUSED`.
-
-        When the last round trip filled its batch the queue is busy, and the next one leases
-        twice as many (up to max_batch); otherwise one at a time, so that a high-priority job
-        that arrives is not stuck behind a local batch of lower ones."""
-        lease = self._pop_buffer()
+        """The next job for the calling thread as a `Lease`, `None` when there is none (after
+        blocking up to read_timeout for a wake token, with `block`), or `PAUSED`."""
+        lease = getattr(self._thread, "next", None)
         if lease is not None:
-            return lease
-        if block and self._found_empty:
+            self._thread.next = None  # fetched by this thread's last settle
+            if self.holds(lease):
+                return lease
+            # renew() found it lost meanwhile (reaped, another consumer has it): never run
+            # it here in parallel with its new holder.
+            log.warning("dropped job %s fetched earlier: its lease was lost", lease.id)
+        if block and getattr(self._thread, "found_empty", False):
             # The settle that ended our last job already looked and found the queue empty:
             # block for a wake token first instead of asking again.
-            self._found_empty = False
+            self._thread.found_empty = False
             self._wait_for_work()
-        status = self._call([], self._batch)
-        if status == -1:
-            return PAUSED
-        lease = self._pop_buffer()
+        lease = self._call([], want=True)
         if lease is None and block:
             self._wait_for_work()
         return lease
 
-    def _pop_buffer(self):
-        with self._lock:
-            if not self._buffer:
-                return None
-            lease = self._buffer.popleft()
-        lease.started = True
-        return lease
+    def lease_batch(self, count: int) -> list[Lease]:
+        """Up to `count` leases at once, for bulk tools (a worker leases one per thread)."""
+        out = []
+        while len(out) < count:
+            lease = self._call([], want=True)
+            if lease is None or lease is PAUSED:
+                break
+            out.append(lease)
+        return out
 
-    def _call(self, settlements, count) -> int:
-        """One round trip: settle, then lease up to `count` into the local buffer. Returns the
-        number leased, or -1 when the queue is paused."""
+    def _call(self, settlements, want: bool):
+        """One round trip: settle, then (with `want`) lease one job. Returns the lease, None,
+        or PAUSED; the number settled is in `self._thread.settled`."""
         k = self.keys
-        args = [k.job_prefix, count, self.lease_ms, self.consumer_id]
+        args = [k.job_prefix, "1" if want else "0", self.lease_ms, self.consumer_id,
+                self.max_deliveries]
         for s in settlements:
             args += s.args()
         with self._lock:
             for s in settlements:
                 self._held.pop(s.lease.id, None)
         result = self._lease(keys=[k.waiting, k.active, k.failed, k.wake, k.paused], args=args)
-        self._last_settled = int(result[0])
+        self._thread.settled = int(result[0])
         status = int(result[1])
-        if count == 0 or status == -1:
-            return status
-        leases = [Lease(_text(result[i]), result[i + 1], int(result[i + 2]),
-                        int(result[i + 3]), int(result[i + 4]), self.consumer_id)
-                  for i in range(2, len(result), 5)]
+        if status == -1:
+            return PAUSED
+        if status == 0:
+            self._thread.found_empty = want and bool(settlements)
+            return None
+        lease = Lease(_text(result[2]), result[3], int(result[4]), int(result[5]),
+                      int(result[6]), self.consumer_id, _text(result[7]), int(result[8]))
         with self._lock:
-            self._batch = min(self.max_batch, count * 2) if len(leases) == count else 1
-            self._found_empty = not leases and bool(settlements)
-            for lease in leases:
-                self._held[lease.id] = lease
-            self._buffer.extend(leases)
-        return status
+            self._held[lease.id] = lease
+        return lease
 
     def _wait_for_work(self):
         # Idle: block on the wake list rather than polling. A token may be stale (another
@@ -198,45 +259,60 @@ class ReliableRedisStorage(PriorityRedisStorage):
         return lease.data
 
     def held_leases(self) -> list[Lease]:
+        """The leases this process is working on (renewed by `renew`)."""
         with self._lock:
             return list(self._held.values())
 
-    def forget(self, lease: Lease) -> None:
-        """Stop tracking a lease that a requeue (retry or reschedule) has already ended."""
+    def holds(self, lease: Lease) -> bool:
         with self._lock:
-            self._held.pop(lease.id, None)
+            return self._held.get(lease.id) is lease
+
+    def forget(self, lease: Lease) -> None:
+        """Stop renewing `lease`: a retry ended it already, or nobody works on it any more
+        (then it expires and the reaper redelivers the job)."""
+        with self._lock:
+            if self._held.get(lease.id) is lease:
+                del self._held[lease.id]
 
     def settle(self, settlements: list[Settlement], fetch: bool = False) -> int:
-        """End these leases. With `fetch`, the same round trip leases the next job(s) into the
-        local buffer when it is empty, so the next `lease()` needs no round trip."""
+        """End these leases; returns how many this process still held in Redis. With `fetch`,
+        the same round trip leases the calling thread's next job (its next `lease()` needs
+        no round trip)."""
         if not settlements:
             return 0
-        with self._lock:
-            fetch = fetch and not self._buffer
-        self._call(settlements, self._batch if fetch else 0)
-        return self._last_settled
+        lease = self._call(settlements, want=fetch)
+        if lease is not None and lease is not PAUSED:
+            self._thread.next = lease
+        return self._thread.settled
 
     def release_unstarted(self) -> int:
-        """Give back leased jobs that no worker started (graceful stop)."""
-        with self._lock:
-            pending = list(self._buffer)
-            self._buffer.clear()
-        return self.settle([Settlement("unstart", lease) for lease in pending])
+        """Give back the lease this thread fetched and has not started (graceful stop)."""
+        lease = getattr(self._thread, "next", None)
+        if lease is None:
+            return 0
+        self._thread.next = None
+        return self.settle([Settlement("release", lease)])
 
     def renew(self) -> list[str]:
-        """Extend every lease this process holds; returns ids whose lease was lost."""
+        """Extend every lease this process works on; returns ids whose lease was lost."""
         held = self.held_leases()
-        if not held:
-            return []
         args = [self.lease_ms, self.keys.job_prefix]
         for lease in held:
             args += [lease.id, lease.token]
-        lost = [_text(x) for x in self._renew(keys=[self.keys.active], args=args)]
+        sent = time.time()
+        result = self._renew(keys=[self.keys.active], args=args)
+        # Half the round trip is a fair guess of when Redis read its clock.
+        self.clock_offset = int(result[0]) / 1000 - (sent + time.time()) / 2
+        lost = [_text(x) for x in result[1:]]
         if lost:
             with self._lock:
                 for job_id in lost:
                     self._held.pop(job_id, None)
         return lost
+
+    def expired_leases(self) -> int:
+        """Running jobs whose lease has expired by Redis' clock (not reaped yet)."""
+        return int(self._expired(keys=[self.keys.active]))
 
     # -- maintenance ---------------------------------------------------------------------
 
@@ -255,6 +331,14 @@ class ReliableRedisStorage(PriorityRedisStorage):
         k = self.keys
         return int(self._move_failed(keys=[k.failed, k.waiting, k.seq, k.wake],
                                      args=[limit, k.job_prefix, *ids]))
+
+    def prune_failed(self, max_age_seconds: float, max_count: int, limit=1000
+                     ) -> tuple[int, int]:
+        """Failed jobs past the age, then the oldest past the count: (by age, by count)."""
+        by_age, by_count = self._prune_failed(
+            keys=[self.keys.failed],
+            args=[self.keys.job_prefix, int(max_age_seconds * 1000), max_count, limit])
+        return int(by_age), int(by_count)
 
     def remove(self, state: str = "", ids=(), limit=1000) -> int:
         k = self.keys
@@ -340,7 +424,3 @@ class ReliableRedisStorage(PriorityRedisStorage):
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def score_priority(score: float) -> int:
-    return 10 - int(score // PRIORITY_BAND)

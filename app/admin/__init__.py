@@ -66,8 +66,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     from app.admin import actions, api, dashboard, errors, jobs, metrics, webhooks
     from app.admin.auth import KeyRing
     from app.admin.limits import RateLimits
-    from worker.hueys import redis_client
+    from worker.connections import redis_client
     from worker.management import QueueManager
+    from worker.registry import load_task_modules
 
     test_config = dict(test_config or {})
     settings: Settings = test_config.pop("CLARITY_SETTINGS", None) or get_settings()
@@ -109,8 +110,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["clarity_redis"] = client
     app.extensions["clarity_manager"] = QueueManager(settings, client)
     app.extensions["clarity_keyring"] = KeyRing(keys, session_secret)
+    app.extensions["clarity_views"] = actions.ViewCache()
+    # The task declarations say which payload fields are sensitive (app.admin.redact).
+    load_task_modules(settings.task_modules)
     RateLimits(app, client.connection_pool, settings.redis_key_prefix)
-    actions._overview_cache.clear()
 
     errors.init_app(app)
     metrics.init_app(app)

@@ -1,36 +1,35 @@
 """What the admin API and the dashboard do, shared by both: read views and mutations.
 
-Every argument is validated here and a bad one raises `ApiError` naming the field; the
-views only parse the HTTP request and pick the caller's identity.
+Requests are validated against the schemas in `app.admin.params` (the same the OpenAPI
+document serves) and a bad one raises `ApiError` naming the field; the views only parse
+the HTTP request and pick the caller's identity. Payloads are shown as the caller's key
+allows (`app.admin.redact`).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import threading
 import time
 
+import redis
 from flask import current_app
 
-import redis
 from app.admin import audit
+from app.admin.auth import may_see_payloads
 from app.admin.errors import ApiError
-from worker.management import CLEARABLE_STATES, MAX_PAGE, QueueManager
+from app.admin.params import (
+    LIST_STATES,
+    MUTATIONS,
+    QUEUE_ALIAS,
+    READ_ACTIONS,
+    parse_mutation,
+)
+from app.admin.redact import present
+from worker.management import QueueManager
 from worker.queues import QUEUE_NAMES
 
-LIST_STATES = ("waiting", "delayed", "active", "failed")
-MUTATIONS = {
-    # action: (required fields, optional fields)
-    "retry-failed": ({"queue"}, set()),
-    "retry-job": ({"queue", "jobId"}, set()),
-    "remove-job": ({"queue", "jobId"}, set()),
-    "clear-queue": ({"queue", "jobState"}, set()),
-    "pause": ({"queue"}, set()),
-    "resume": ({"queue"}, set()),
-    "promote": ({"queue", "jobId"}, set()),
-}
-READ_ACTIONS = ("overview", "health", "stats", "failed-jobs", "jobs", "job")
+__all__ = ["LIST_STATES", "MUTATIONS", "QUEUE_ALIAS", "READ_ACTIONS", "parse_mutation"]
 
 
 def manager() -> QueueManager:
@@ -41,75 +40,39 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# -- argument checks ---------------------------------------------------------------------
-
-def check_queue(value, *, allow_all: bool = False) -> str:
-    if value is None or value == "":
-        raise ApiError(400, "queue is required", field="queue")
-    if not isinstance(value, str):
-        raise ApiError(400, "queue must be a string", field="queue")
-    if allow_all and value == "all":
-        return value
-    if value not in QUEUE_NAMES:
-        extra = " or all" if allow_all else ""
-        raise ApiError(400, f"unknown queue {value!r}: expected one of "
-                            f"{', '.join(QUEUE_NAMES)}{extra}", field="queue")
-    return value
+def encode_cursor(position: int) -> str:
+    return str(position)
 
 
-def check_job_id(value, field: str = "jobId") -> str:
-    if value is None or value == "":
-        raise ApiError(400, f"{field} is required", field=field)
-    if not isinstance(value, str) or len(value) > 200 or not value.isprintable():
-        raise ApiError(400, f"{field} must be a string of 1..200 printable characters",
-                       field=field)
-    return value
-
-
-def check_int(value, field: str, low: int, high: int, default: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{field} must be an integer", field=field) from None
-    if not low <= number <= high:
-        raise ApiError(400, f"{field} must be between {low} and {high}", field=field)
-    return number
-
-
-def encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = raw.partition(":")
-        offset = int(value)
-        if kind != "o" or offset < 0:
-            raise ValueError
-        return offset
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "cursor is not one this API returned", field="cursor") from None
-
-
-def page_args(args) -> tuple[int, int]:
-    limit = check_int(args.get("limit"), "limit", 1, MAX_PAGE, 50)
-    cursor, offset = args.get("cursor"), args.get("offset")
-    if cursor and offset not in (None, ""):
-        raise ApiError(400, "give either cursor or offset, not both", field="cursor")
-    if cursor:
-        return limit, decode_cursor(cursor)
-    return limit, check_int(offset, "offset", 0, 10**9, 0)
+def page_start(query: dict) -> int:
+    if "cursor" in query:
+        return int(query["cursor"])
+    return int(query.get("offset", 0))
 
 
 # -- read views ----------------------------------------------------------------------------
 
-_overview_lock = threading.Lock()
-_overview_cache: dict[int, tuple[float, dict, bytes]] = {}
-_migration_cache: dict[int, tuple[float, dict | None]] = {}
 MIGRATION_CACHE_SECONDS = 5.0
+
+
+class ViewCache:
+    """An app's cached read views (`app.extensions["clarity_views"]`): the overview for
+    OVERVIEW_CACHE_SECONDS, migration progress for a few seconds. Per app, so two apps in
+    one process (tests, several blueprints' setups) never see each other's figures."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.overview: tuple[float, dict, bytes] | None = None
+        self.migration: tuple[float, dict | None] | None = None
+        self.series: dict[tuple, tuple[float, dict]] = {}
+
+    def clear(self) -> None:
+        with self.lock:
+            self.overview = None
+
+
+def views() -> ViewCache:
+    return current_app.extensions["clarity_views"]
 
 
 def migration_status() -> dict | None:
@@ -121,28 +84,24 @@ def migration_status() -> dict | None:
         provider = current_app.config["CLARITY_MIGRATION_STATUS"]
         return provider() if provider is not None else None
     # Progress moves slowly and costs SQL queries: refreshed at most every few seconds.
-    now = time.monotonic()
-    with _overview_lock:
-        hit = _migration_cache.get(id(current_app))
+    now, cache = time.monotonic(), views()
+    with cache.lock:
+        hit = cache.migration
     if hit is not None and hit[0] > now:
         return hit[1]
     value = _read_migration_status()
-    with _overview_lock:
-        _migration_cache[id(current_app)] = (now + MIGRATION_CACHE_SECONDS, value)
+    with cache.lock:
+        cache.migration = (now + MIGRATION_CACHE_SECONDS, value)
     return value
 
 
 def _read_migration_status() -> dict | None:
+    from app.migration.stats import current_migration_stats
+
     try:
-        from app.queue_service import QueueService
-    except ImportError:
-        return None
-    try:
-        service = QueueService()
-        if hasattr(service, "migration_stats"):  # cheaper: no second round of queue counts
-            return service.migration_stats()
-        return (service.get_detailed_stats() or {}).get("migration")
-    except Exception:  # an optional panel must never break the overview
+        return current_migration_stats(current_app.config["CLARITY_SETTINGS"],
+                                       client=current_app.extensions["clarity_redis"])
+    except Exception:  # a panel must never break the overview
         current_app.logger.warning("migration status unavailable", exc_info=True)
         return None
 
@@ -187,11 +146,10 @@ def overview_json() -> bytes:
 
 def _overview() -> tuple[dict, bytes]:
     ttl = current_app.config["CLARITY_ADMIN"].overview_cache_seconds
-    key = id(current_app)
-    now = time.monotonic()
+    now, cache = time.monotonic(), views()
     if ttl > 0:
-        with _overview_lock:
-            hit = _overview_cache.get(key)
+        with cache.lock:
+            hit = cache.overview
         if hit is not None and hit[0] > now:
             return hit[1], hit[2]
     started = time.perf_counter()
@@ -217,8 +175,8 @@ def _overview() -> tuple[dict, bytes]:
     }
     encoded = current_app.json.dumps(body).encode()
     if ttl > 0:
-        with _overview_lock:
-            _overview_cache[key] = (now + ttl, body, encoded)
+        with cache.lock:
+            cache.overview = (now + ttl, body, encoded)
     return body, encoded
 
 
@@ -251,64 +209,89 @@ def health() -> tuple[dict, int]:
 
 
 def stats(queue: str) -> dict:
-    queue = check_queue(queue)
     return {"queue": queue, "generatedAt": now_iso(), "counts": manager().counts(queue),
             "workers": [w for w in manager().workers() if w.get("queue") == queue]}
 
 
-def list_jobs(queue: str, state: str, limit: int, offset: int) -> dict:
-    queue = check_queue(queue)
-    if state in (None, ""):
-        raise ApiError(400, "state is required", field="state")
-    if state not in LIST_STATES:
-        raise ApiError(400, f"state must be one of {', '.join(LIST_STATES)}", field="state")
-    page = manager().list_jobs(queue, state, limit, offset)
+def list_jobs(queue: str, state: str, query: dict | None = None) -> dict:
+    """A page of jobs; with `task` or `errorType` a filtered page that reads at most a few
+    thousand ids per call (`nextCursor` continues the scan)."""
+    query = query or {}
+    limit, start = int(query.get("limit", 50)), page_start(query)
+    full = may_see_payloads()
+    if query.get("task") or query.get("errorType"):
+        found = manager().find_jobs(queue, state, task=query.get("task"),
+                                    error_type=query.get("errorType"), start=start,
+                                    limit=limit, payloads=True)
+        page = {"jobs": found["jobs"], "total": found["total"], "offset": start,
+                "limit": found["limit"], "nextOffset": found["nextStart"],
+                "filtered": True}
+    else:
+        page = manager().list_jobs(queue, state, limit, start, payloads=True)
+    page["jobs"] = [present(j, full_payload=full, keep_payload=False) for j in page["jobs"]]
     page["queue"], page["state"] = queue, state
     page["nextCursor"] = encode_cursor(page["nextOffset"]) if page["nextOffset"] else None
     return page
 
 
 def get_job(queue: str | None, job_id: str) -> dict:
-    job_id = check_job_id(job_id, "id")
+    """One job as its page shows it: state, times, lease holder, attempts (each with its
+    error and traceback), payload (redacted as the caller's key requires)."""
+    m = manager()
     if queue in (None, ""):
-        job = manager().find_job(job_id)
-    else:
-        job = manager().get_job(check_queue(queue), job_id)
+        found = m.find_job(job_id)
+        queue = found["queue"] if found else None
+    job = m.job_detail(queue, job_id) if queue else None
     if job is None:
-        raise ApiError(404, f"no job {job_id!r}" + (f" on queue {queue!r}" if queue else ""),
-                       field="id")
-    return job
+        raise ApiError(404, f"no job {job_id!r}" + (f" on queue {queue!r}" if queue else "")
+                       + " (finished jobs are not kept)", field="id")
+    job["history"] = attempts(job)
+    return present(job, full_payload=may_see_payloads(), keep_payload=True)
+
+
+def attempts(job: dict) -> list[dict]:
+    """Each failed attempt (oldest first) with its error and traceback: the core's history
+    of retried attempts, then the failure that parked the job when it is failed (the core
+    keeps that one in the job's own error fields)."""
+    history = [dict(h) for h in job.get("history") or []]
+    if job.get("state") == "failed" or (job.get("error") and not history):
+        final = {"attempt": (history[-1].get("attempt") or len(history)) + 1 if history
+                 else job.get("attempts") or 1,
+                 "errorType": job.get("errorType"), "error": job.get("error"),
+                 "traceback": job.get("traceback"), "reason": job.get("reason"),
+                 "at": job.get("lastFailedAt")}
+        last = history[-1] if history else None
+        if last is None or (last.get("at"), last.get("error")) != (final["at"], final["error"]):
+            history.append(final)
+    return history
+
+
+WINDOWS = {"hour": (60, 1), "day": (1440, 15)}  # minutes shown, minutes per point
+SERIES_CACHE_SECONDS = {"hour": 2.0, "day": 30.0}
+
+
+def series(queue: str | None, window: str = "hour") -> dict:
+    """Per-queue charts data written by the workers (worker.series): completed and failed
+    per minute, waiting depth, pickup latency p50/p95, over the last hour or day."""
+    from worker.series import read_series
+
+    minutes, step = WINDOWS[window]
+    cache, now, key = views(), time.monotonic(), (queue, window)
+    with cache.lock:
+        hit = cache.series.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    settings = current_app.config["CLARITY_SETTINGS"]
+    client = current_app.extensions["clarity_redis"]
+    body = {"window": window, "generatedAt": now_iso(), "queues": [
+        read_series(client, settings.redis_key_prefix, q, minutes, step)
+        for q in ((queue,) if queue else QUEUE_NAMES)]}
+    with cache.lock:
+        cache.series[key] = (now + SERIES_CACHE_SECONDS[window], body)
+    return body
 
 
 # -- mutations -----------------------------------------------------------------------------
-
-def parse_mutation(body) -> tuple[str, dict]:
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object", field="body")
-    action = body.get("action")
-    if action is None:
-        raise ApiError(400, "action is required", field="action")
-    if not isinstance(action, str) or action not in MUTATIONS:
-        raise ApiError(400, f"unknown action {action!r}: expected one of "
-                            f"{', '.join(MUTATIONS)}", field="action")
-    required, optional = MUTATIONS[action]
-    for name in body:
-        if name != "action" and name not in required | optional:
-            raise ApiError(400, f"unknown field {name!r} for action {action}", field=name)
-    for name in sorted(required):
-        if body.get(name) in (None, ""):
-            raise ApiError(400, f"{name} is required for action {action}", field=name)
-    args = {"queue": check_queue(body["queue"], allow_all=action == "retry-failed")}
-    if "jobId" in required:
-        args["jobId"] = check_job_id(body["jobId"])
-    if action == "clear-queue":
-        state = body["jobState"]
-        if not isinstance(state, str) or state not in CLEARABLE_STATES:
-            raise ApiError(400, f"jobState must be one of {', '.join(CLEARABLE_STATES)}",
-                           field="jobState")
-        args["jobState"] = state
-    return action, args
-
 
 def _job_missing_or_busy(queue: str, job_id: str, wanted: str) -> ApiError:
     job = manager().get_job(queue, job_id)
@@ -332,6 +315,12 @@ def run_mutation(action: str, args: dict) -> dict:
         if not m.remove_job(queue, args["jobId"]):
             raise _job_missing_or_busy(queue, args["jobId"], "waiting, delayed or failed")
         result.update(jobId=args["jobId"], count=1)
+    elif action == "retry-jobs":
+        result.update(count=m.retry_jobs(queue, args["jobIds"]),
+                      selected=len(args["jobIds"]))
+    elif action == "remove-jobs":
+        result.update(count=m.remove_jobs(queue, args["jobIds"], state="failed"),
+                      selected=len(args["jobIds"]))
     elif action == "promote":
         if not m.promote(queue, args["jobId"]):
             raise _job_missing_or_busy(queue, args["jobId"], "delayed")
@@ -344,7 +333,7 @@ def run_mutation(action: str, args: dict) -> dict:
     elif action == "resume":
         m.resume(queue)
         result.update(paused=False)
-    _overview_cache.clear()
+    views().clear()
     return result
 
 
@@ -353,17 +342,19 @@ def audited_mutation(body) -> dict:
     action, target = "unknown", {}
     if isinstance(body, dict):
         action = body.get("action") if isinstance(body.get("action"), str) else "unknown"
-        target = {k: body[k] for k in ("queue", "jobId", "jobState")
-                  if isinstance(body.get(k), str)}
+        target = {k: body[k] for k in ("queue", QUEUE_ALIAS, "jobId", "jobState", "jobIds")
+                  if isinstance(body.get(k), str | list)}
+        if QUEUE_ALIAS in target:
+            target.setdefault("queue", target.pop(QUEUE_ALIAS))
     try:
         action, args = parse_mutation(body)
         result = run_mutation(action, args)
     except ApiError as exc:
-        audit.record(action[:40], "rejected" if exc.status < 500 else "error",
+        audit.record(action, "rejected" if exc.status < 500 else "error",
                      status=exc.status, target=target, detail=exc.message)
         raise
     except Exception as exc:
-        audit.record(action[:40], "error", status=500, target=target,
+        audit.record(action, "error", status=500, target=target,
                      detail=type(exc).__name__)
         raise
     audit.record(action, "ok", status=200, target=target,

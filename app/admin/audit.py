@@ -1,66 +1,44 @@
-"""Audit log of every mutation: who (the key's name, never the key), what, when, result.
+"""Audit of every mutation made through the admin: who (the key's name, never the key),
+what, when, result. The entry format, its size bounds and the capped Redis list are the
+core's (`worker.audit`), shared with the CLI's mutations.
 
-Written twice: as one JSON log line on the `clarity.audit` logger (shipped with the rest of
-the logs), and to a capped Redis list (`<prefix>:audit`, newest first) that the dashboard
-shows. A Redis outage must not hide the log line, so the line is written first.
-High-volume producer calls (enqueue, webhooks) are logged but kept out of the Redis list, so
-they cannot push operators' actions out of it.
+What is stored in the Redis list (shown on the dashboard) and what is only logged:
+  * an authenticated caller's mutation, success or refusal: stored (bounded entry);
+  * a request that did not authenticate (no key, a wrong key): logged only, whatever it
+    sent. Anyone can send one, so storing it would let anyone fill Redis;
+  * high-volume producer calls (enqueue, webhooks): logged only, so they cannot push
+    operators' actions out of the list.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import logging
-
 from flask import current_app, g, request
 
-import redis
-
-log = logging.getLogger("clarity.audit")
+from worker.audit import AuditLog, make_entry
 
 
-def audit_key() -> str:
-    return f"{current_app.config['CLARITY_SETTINGS'].redis_key_prefix}:audit"
+def audit_log() -> AuditLog:
+    log = current_app.extensions.get("clarity_audit")
+    if log is None:
+        settings = current_app.config["CLARITY_SETTINGS"]
+        log = current_app.extensions["clarity_audit"] = AuditLog(
+            current_app.extensions["clarity_redis"], settings.redis_key_prefix,
+            settings.audit_max_entries, settings.audit_max_bytes)
+    return log
 
 
 def record(action: str, result: str, *, status: int, target: dict | None = None,
            who: str | None = None, via: str | None = None, detail: str | None = None,
            store: bool = True) -> dict:
     principal = g.get("clarity_principal")
-    entry = {
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "who": who or (principal.name if principal else "anonymous"),
-        "via": via or (principal.via if principal else "api"),
-        "action": action,
-        "target": target or {},
-        "result": result,
-        "status": status,
-        "client": request.remote_addr,
-    }
-    if detail:
-        entry["detail"] = detail[:500]
-    line = json.dumps(entry, separators=(",", ":"), sort_keys=True)
-    log.info(line)
-    if not store:
-        return entry
-    try:
-        client = current_app.extensions["clarity_redis"]
-        pipe = client.pipeline(transaction=False)
-        pipe.lpush(audit_key(), line)
-        pipe.ltrim(audit_key(), 0, current_app.config["CLARITY_ADMIN"].audit_max_entries - 1)
-        pipe.execute()
-    except redis.RedisError as exc:  # the log line above is the record of last resort
-        log.warning("audit entry not stored in Redis: %s", exc)
+    who = who or (principal.name if principal else None)
+    entry = make_entry(action, result, status=status, who=who,
+                       via=via or (principal.via if principal else "api"),
+                       client=request.remote_addr, target=target, detail=detail)
+    # Nobody authenticated: log it, never store it.
+    audit_log().write(entry, store=store and who is not None)
     return entry
 
 
 def recent(limit: int = 50) -> list[dict]:
-    client = current_app.extensions["clarity_redis"]
-    out = []
-    for raw in client.lrange(audit_key(), 0, max(0, limit - 1)):
-        try:
-            out.append(json.loads(raw))
-        except ValueError:
-            continue
-    return out
+    return audit_log().recent(limit)

@@ -26,6 +26,8 @@ ALLOWED = {
     "read": ("admin", "readonly"),
     "admin": ("admin",),
     "enqueue": ("admin", "producer"),
+    "metrics": ("admin", "readonly", "metrics"),
+    "payload": ("admin",),  # see a job's payload (others get it redacted: app.admin.redact)
 }
 
 
@@ -88,6 +90,11 @@ def bearer_principal() -> Principal | None:
             principal = Principal(match[0], match[1], "api")
     g.clarity_bearer = principal
     return principal
+
+
+def may_see_payloads() -> bool:
+    principal = g.get("clarity_principal")
+    return principal is not None and principal.can("payload")
 
 
 def presented_bearer() -> bool:

@@ -3,10 +3,12 @@
 Read from the environment and the same `.env` file; a bad value raises `AdminConfigError`
 whose message names the variable and never echoes a secret.
 
-API keys come in three kinds:
+API keys come in four kinds:
   ADMIN_API_KEYS="ops:<key>,ci:<key>"       read and mutate (several, for rotation)
-  READONLY_API_KEYS="grafana:<key>"         GET endpoints, dashboard without buttons, /metrics
+  READONLY_API_KEYS="grafana:<key>"         GET endpoints (payloads redacted), dashboard
+                                            without buttons, /metrics
   PRODUCER_API_KEYS="webapp:<key>"          POST /api/jobs only
+  METRICS_API_KEYS="prometheus:<key>"       /metrics (and workers' /metrics through nginx)
 ADMIN_API_KEY (the core setting, one key) is also accepted, as the admin key named "default".
 """
 
@@ -23,7 +25,7 @@ from worker.settings import ClarityBaseSettings, SettingsError, load
 
 KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MIN_KEY_CHARS = 16
-KINDS = ("admin", "readonly", "producer")
+KINDS = ("admin", "readonly", "producer", "metrics")
 
 
 class AdminConfigError(SettingsError):
@@ -72,6 +74,7 @@ class AdminSettings(ClarityBaseSettings):
     admin_api_keys: SecretStr = SecretStr("")
     readonly_api_keys: SecretStr = SecretStr("")
     producer_api_keys: SecretStr = SecretStr("")
+    metrics_api_keys: SecretStr = SecretStr("")
 
     # Rate limits per client (API key name when one is presented, else the client address),
     # shared by every gunicorn worker and host through Redis.
@@ -97,8 +100,6 @@ class AdminSettings(ClarityBaseSettings):
     # and a scraper then cost Redis one pipeline per interval, not one per request.
     overview_cache_seconds: float = Field(default=0.5, ge=0, le=60)
 
-    audit_max_entries: int = Field(default=10_000, ge=100, le=1_000_000)
-
     # gunicorn (read by gunicorn.conf.py).
     gunicorn_bind: str = "unix:/run/clarity-admin/gunicorn.sock"
     gunicorn_workers: int = Field(default=2, ge=1, le=64)
@@ -120,6 +121,8 @@ class AdminSettings(ClarityBaseSettings):
                            "READONLY_API_KEYS")
         keys += parse_keys(self.producer_api_keys.get_secret_value(), "producer",
                            "PRODUCER_API_KEYS")
+        keys += parse_keys(self.metrics_api_keys.get_secret_value(), "metrics",
+                           "METRICS_API_KEYS")
         if core_admin_key is not None and core_admin_key.get_secret_value():
             secret = core_admin_key.get_secret_value()
             if len(secret) < MIN_KEY_CHARS:
@@ -130,7 +133,7 @@ class AdminSettings(ClarityBaseSettings):
             if key.name in seen:
                 raise ValueError(f"API key name {key.name!r} is used twice (names must be "
                                  "unique across ADMIN_API_KEYS, READONLY_API_KEYS, "
-                                 "PRODUCER_API_KEYS and ADMIN_API_KEY)")
+                                 "PRODUCER_API_KEYS, METRICS_API_KEYS and ADMIN_API_KEY)")
             seen.add(key.name)
         secrets = [k.secret for k in keys]
         if len(set(secrets)) != len(secrets):

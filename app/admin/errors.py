@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import uuid
 
+import redis
 from flask import Flask, jsonify, request
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
-
-import redis
 
 log = logging.getLogger("clarity.admin")
 

@@ -16,12 +16,12 @@ import logging
 import math
 import time
 
+import redis
 from flask import Flask, current_app, g, request
 from limits import parse
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-import redis
 from app.admin.auth import bearer_principal, session_principal
 from app.admin.errors import ApiError
 

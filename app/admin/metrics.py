@@ -31,10 +31,11 @@ LATENCY = Histogram("clarity_admin_request_duration_seconds",
                     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 bp = Blueprint("metrics", __name__)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @bp.get("/metrics")
-@require("read")
+@require("metrics")
 def metrics():
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -55,6 +56,9 @@ def init_app(app: Flask) -> None:
         if started is not None:
             # The endpoint name, not the path: paths carry ids and would explode the labels.
             endpoint = request.endpoint or "unmatched"
+            # Methods too: any token is a valid method to Werkzeug, and an anonymous
+            # client inventing new ones must not add label series.
+            method = request.method if request.method in METHODS else "other"
             LATENCY.labels(endpoint).observe(time.perf_counter() - started)
-            REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+            REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
         return response

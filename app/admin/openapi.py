@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+from app.admin.params import MUTATION_BRANCHES, READ_QUERY, enqueue_schema
 from worker.management import MAX_PAGE
 from worker.queues import QUEUE_NAMES
 
@@ -138,9 +139,46 @@ SCHEMAS = {
             "deliveries": {"type": "integer"}, "runAt": NULLABLE_STR,
             "error": NULLABLE_STR, "errorType": NULLABLE_STR, "traceback": NULLABLE_STR,
             "reason": NULLABLE_STR, "attempts": {"type": "integer"},
-            "payload": {"description": "the full payload (single-job view only)"},
+            "payload": {"description": "the payload (single-job view only); values are "
+                                       "\"[redacted]\" for a read-only key, and fields the "
+                                       "task marks sensitive for everyone"},
+            "payloadRedacted": {"type": "boolean"},
+            "history": {"type": "array", "description": "failed attempts, oldest first "
+                        "(single-job view only)", "items": {
+                            "type": "object", "additionalProperties": True,
+                            "properties": {"attempt": {"type": ["integer", "null"]},
+                                           "errorType": NULLABLE_STR, "error": NULLABLE_STR,
+                                           "traceback": NULLABLE_STR, "at": NULLABLE_STR}}},
+            "startedAt": NULLABLE_STR, "leaseHolder": NULLABLE_STR, "consumer": NULLABLE_STR,
         },
         "additionalProperties": True,
+    },
+    "Series": {
+        "type": "object",
+        "required": ["window", "generatedAt", "queues"],
+        "properties": {
+            "window": {"type": "string", "enum": ["hour", "day"]},
+            "generatedAt": {"type": "string"},
+            "queues": {"type": "array", "items": {
+                "type": "object", "required": ["queue", "stepMinutes", "points"],
+                "properties": {
+                    "queue": {"type": "string", "enum": QUEUES},
+                    "stepMinutes": {"type": "integer"},
+                    "points": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["at", "completed", "failed", "depth", "latencyP50Ms",
+                                     "latencyP95Ms"],
+                        "properties": {
+                            "at": {"type": "integer", "description": "unix time of the "
+                                                                     "point's first minute"},
+                            "completed": {"type": "number"}, "failed": {"type": "number"},
+                            "retried": {"type": "number"},
+                            "durationMs": {"type": ["number", "null"]},
+                            "depth": {"type": ["integer", "null"]},
+                            "latencyP50Ms": {"type": ["number", "null"]},
+                            "latencyP95Ms": {"type": ["number", "null"]},
+                            "samples": {"type": "boolean"}}}}}}},
+        },
     },
     "JobPage": {
         "type": "object",
@@ -156,22 +194,8 @@ SCHEMAS = {
                            "description": "pass as `cursor` for the next page"},
             "queue": {"type": "string"},
             "state": {"type": "string"},
-        },
-    },
-    "Mutation": {
-        "type": "object",
-        "required": ["action", "queue"],
-        "additionalProperties": False,
-        "description": "retry-failed: queue (a name or `all`); retry-job, remove-job, "
-                       "promote: queue + jobId; clear-queue: queue + jobState; "
-                       "pause, resume: queue. Fields an action does not take are refused.",
-        "properties": {
-            "action": {"type": "string", "enum": ["retry-failed", "retry-job", "remove-job",
-                                                  "clear-queue", "pause", "resume",
-                                                  "promote"]},
-            "queue": {"type": "string", "enum": [*QUEUES, "all"]},
-            "jobId": {"type": "string", "minLength": 1, "maxLength": 200},
-            "jobState": {"type": "string", "enum": ["waiting", "delayed", "failed"]},
+            "filtered": {"type": "boolean", "description": "task or errorType given: the "
+                         "page holds matches of a bounded scan; follow nextCursor"},
         },
     },
     "MutationResult": {
@@ -181,27 +205,8 @@ SCHEMAS = {
             "ok": {"type": "boolean"}, "action": {"type": "string"},
             "queue": {"type": "string"}, "count": {"type": "integer"},
             "jobId": {"type": "string"}, "jobState": {"type": "string"},
-            "paused": {"type": "boolean"},
+            "paused": {"type": "boolean"}, "selected": {"type": "integer"},
             "perQueue": {"type": "object", "additionalProperties": {"type": "integer"}},
-        },
-    },
-    "EnqueueRequest": {
-        "type": "object",
-        "required": ["queue", "task", "payload"],
-        "additionalProperties": False,
-        "properties": {
-            "queue": {"type": "string", "enum": QUEUES},
-            "task": {"type": "string", "minLength": 1},
-            "payload": {"type": "object", "description": "JSON object, at most 64 KiB "
-                                                        "encoded (ENQUEUE_MAX_PAYLOAD_BYTES)"},
-            "priority": {"oneOf": [
-                {"type": "string", "enum": ["low", "normal", "high", "critical",
-                                            "LOW", "NORMAL", "HIGH", "CRITICAL"]},
-                {"type": "integer", "minimum": 1, "maximum": 10}]},
-            "delay": {"type": "number", "minimum": 0, "maximum": 31622400,
-                      "description": "seconds from now"},
-            "scheduledAt": {"type": "string", "format": "date-time",
-                            "description": "ISO 8601 with a UTC offset; not with delay"},
         },
     },
     "EnqueueResult": {
@@ -228,26 +233,25 @@ def _param(name, where, schema, description, required=False):
 
 
 def spec(server_url: str = "") -> dict:
-    read_params = [
-        _param("action", "query", {"type": "string", "enum": ["overview", "health", "stats",
-                                                             "failed-jobs", "jobs", "job"],
-                                   "default": "overview"}, "what to read"),
-        _param("queue", "query", {"type": "string", "enum": QUEUES},
-               "queue (stats, failed-jobs, jobs; optional for job)"),
-        _param("state", "query", {"type": "string",
-                                  "enum": ["waiting", "delayed", "active", "failed"]},
-               "job state (jobs)"),
-        _param("id", "query", {"type": "string", "minLength": 1, "maxLength": 200},
-               "job id (job)"),
-        _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
-                                  "default": 50}, "page size"),
-        _param("offset", "query", {"type": "integer", "minimum": 0}, "page start"),
-        _param("cursor", "query", {"type": "string"}, "nextCursor of the previous page"),
-    ]
+    read_params = [{
+        "name": "params", "in": "query", "style": "form", "explode": True,
+        "required": False, "schema": READ_QUERY,
+        "description": "The query parameters, one object discriminated by `action` (default "
+                       "overview): each action takes its own parameters and no other; an "
+                       "unknown, repeated or invalid parameter is a 400 naming it."}]
     ok_read = _json({"anyOf": [_ref("Overview"), _ref("Health"), _ref("Stats"),
-                               _ref("JobPage"), _ref("Job")]},
+                               _ref("JobPage"), _ref("Job"), _ref("Series")]},
                     "overview → Overview, health → Health, stats → Stats, failed-jobs and "
-                    "jobs → JobPage, job → Job")
+                    "jobs → JobPage, job → Job, series → Series")
+    schemas = dict(SCHEMAS)
+    mapping = {}
+    for action, branch in MUTATION_BRANCHES.items():
+        name = "Mutation" + "".join(part.title() for part in action.split("-"))
+        schemas[name] = branch
+        mapping[action] = f"#/components/schemas/{name}"
+    schemas["Mutation"] = {"oneOf": [{"$ref": ref} for ref in mapping.values()],
+                           "discriminator": {"propertyName": "action", "mapping": mapping}}
+    schemas["EnqueueRequest"] = enqueue_schema()
     doc = {
         "openapi": "3.1.0",
         "info": {
@@ -261,7 +265,7 @@ def spec(server_url: str = "") -> dict:
         },
         "servers": [{"url": server_url or "/"}],
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -286,10 +290,11 @@ def spec(server_url: str = "") -> dict:
                     "responses": {
                         "200": _json(_ref("MutationResult"), "Done"),
                         "400": _error("A field is missing, unknown or invalid"),
+                        "415": _error("The body is neither application/json nor a JSON "
+                                      "object sent as curl's default form type"),
                         "404": _error("No such job"),
                         "409": _error("The job is not in a state the action applies to"),
                         "413": _error("Body too large"),
-                        "415": _error("The body is not application/json"),
                         **AUTH_ERRORS,
                     },
                 },
@@ -330,6 +335,8 @@ def spec(server_url: str = "") -> dict:
                                      "Idempotency-Key seen before: the first job"),
                         "400": _error("A field is missing, unknown or invalid"),
                         "413": _error("Payload or body too large"),
+                        "422": _error("scheduledAt is well formed but more than a day in the "
+                                      "past or a year ahead"),
                         "415": _error("The body is not application/json"),
                         **AUTH_ERRORS,
                     },

@@ -1,10 +1,10 @@
 """Provider webhook intake: POST /api/webhooks/<provider>.
 
 The signature is checked on the raw body before anything is parsed or stored (the verifier,
-`worker.webhooks.verify_signature`, also refuses stale timestamps). A good delivery is put on
+`app.jobs.webhook_signatures.verify_signature`, also refuses stale timestamps). A good delivery is put on
 the `webhook` queue at CRITICAL priority as task `process_webhook` and answered with 202 at
 once: the provider's timeout never depends on our handler. The job carries what the handler
-needs to verify again (worker.tasks.webhook.webhook_job_payload: raw body, signature
+needs to verify again (app.contracts.webhook_job_payload: raw body, signature
 headers, time received). A provider that re-sends the same delivery gets the same job (the
 idempotency key is a hash of provider and body).
 """
@@ -21,36 +21,15 @@ from flask import Blueprint, current_app, jsonify, request
 from app.admin import audit
 from app.admin.errors import ApiError
 from app.admin.limits import limit
+from app.contracts import WEBHOOK_TASK, webhook_job_payload
+from app.jobs import webhook_signatures
 from worker.producer import JobError, enqueue
 from worker.queues import Priority
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks")
 
 PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-WEBHOOK_QUEUE, WEBHOOK_TASK = "webhook", "process_webhook"
-
-
-def _verifier():
-    """(verify_signature, the exception it refuses with, UnknownProvider or None).
-    worker.webhooks answers an unknown provider like a bad signature (401), so that probing
-    does not list the providers we take."""
-    try:
-        from worker import webhooks
-    except ImportError:
-        return None, Exception, None
-    return (getattr(webhooks, "verify_signature", None),
-            getattr(webhooks, "WebhookRejected", Exception),
-            getattr(webhooks, "UnknownProvider", None))
-
-
-def _job_payload(provider: str, body: bytes, headers, received_at: float) -> dict:
-    """The handler's own payload builder (which also declares the task in this process)."""
-    try:
-        from worker.tasks.webhook import webhook_job_payload
-    except ImportError:  # handlers not installed in this build
-        return {"provider": provider, "body": body.decode("utf-8", errors="replace"),
-                "headers": {}, "received_at": received_at}
-    return webhook_job_payload(provider, body, headers, received_at)
+WEBHOOK_QUEUE, WEBHOOK_TASK_NAME = WEBHOOK_TASK
 
 
 @bp.post("/<provider>")
@@ -68,10 +47,12 @@ def receive(provider: str):
     if len(body) > cfg.webhook_max_body_bytes:
         raise ApiError(413, f"webhook body is larger than {cfg.webhook_max_body_bytes} bytes",
                        field="body")
-    verify, rejected, unknown_provider = (current_app.config.get("CLARITY_WEBHOOK_VERIFIER")
-                                          or _verifier())
-    if verify is None:
-        raise ApiError(503, "webhook verification is not configured on this host")
+    # (verify, the exception it refuses with, the one for an unknown provider or None). The
+    # real verifier answers an unknown provider like a bad signature (401), so that probing
+    # does not list the providers we take; tests inject their own.
+    verify, rejected, unknown_provider = current_app.config.get(
+        "CLARITY_WEBHOOK_VERIFIER",
+        (webhook_signatures.verify_signature, webhook_signatures.WebhookRejected, None))
     try:
         verify(provider, body, request.headers)
     except rejected as exc:
@@ -86,8 +67,8 @@ def receive(provider: str):
         raise ApiError(400, "the webhook body is not JSON", field="body") from None
     key = "webhook:" + hashlib.sha256(provider.encode() + b"\0" + body).hexdigest()
     try:
-        job = enqueue(WEBHOOK_QUEUE, WEBHOOK_TASK,
-                      _job_payload(provider, body, request.headers, received_at),
+        job = enqueue(WEBHOOK_QUEUE, WEBHOOK_TASK_NAME,
+                      webhook_job_payload(provider, body, request.headers, received_at),
                       priority=Priority.CRITICAL, idempotency_key=key,
                       settings=current_app.config["CLARITY_SETTINGS"],
                       max_payload_bytes=cfg.webhook_max_body_bytes + 1024)

@@ -61,6 +61,13 @@ class CircuitBreaker:
             self._probing = True
             return True
 
+    def cancel(self) -> None:
+        """The allowed call ended without telling anything about Redis (it raised something
+        else): no verdict, but the probe slot is free again, so the breaker can never stay
+        half-open with nobody probing."""
+        with self._lock:
+            self._probing = False
+
     def success(self) -> None:
         with self._lock:
             self._state = BreakerState.CLOSED

@@ -10,19 +10,18 @@ import threading
 import click
 
 from app.migration.config import get_migration_settings
-from worker.cli import friendly_errors
 from worker.settings import get_settings
 
 
 def _store():
+    from app.db.engine import get_engine
     from app.migration.legacy import LegacyStore
-    from worker.db.engine import get_engine
 
     return LegacyStore(get_engine())
 
 
 def _client():
-    from worker.hueys import redis_client
+    from worker.connections import redis_client
 
     return redis_client(get_settings())
 
@@ -42,12 +41,11 @@ def migrate():
 
 @migrate.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-@friendly_errors
 def status(as_json):
     """Routing mode, jobs routed each way, legacy backlog and rows moved."""
-    from app.queue_service import QueueService
+    from app.migration.stats import current_migration_stats
 
-    stats = QueueService().migration_stats()
+    stats = current_migration_stats()
     if as_json:
         click.echo(json.dumps(stats, indent=2, default=str))
         return
@@ -80,7 +78,6 @@ def status(as_json):
 @click.option("--no-wait", is_flag=True,
               help="Do not wait for rows other migrators hold.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@friendly_errors
 def run(dry_run, batch_size, claim_seconds, name, force, no_wait, quiet):
     """Move pending legacy rows into the queues, each exactly once (resumable)."""
     from app.migration.migrator import Migrator
@@ -115,7 +112,6 @@ def run(dry_run, batch_size, claim_seconds, name, force, no_wait, quiet):
 
 @migrate.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@friendly_errors
 def rollback(yes):
     """Send every new job to the legacy table, in every producer within seconds.
 
@@ -137,7 +133,6 @@ def rollback(yes):
 @click.argument("mode", type=click.Choice(["testing", "gradual", "immediate", "legacy"]))
 @click.option("--percentage", type=click.FloatRange(0, 100), default=None,
               help="testing mode: share of users on the queues.")
-@friendly_errors
 def set_mode(mode, percentage):
     """Override MIGRATION_MODE at runtime for every producer (stored in Redis)."""
     from app.migration.router import write_override
@@ -148,7 +143,6 @@ def set_mode(mode, percentage):
 
 
 @migrate.command()
-@friendly_errors
 def resume():
     """Remove the runtime override: routing follows the environment's settings again."""
     from app.migration.router import clear_override
@@ -173,7 +167,6 @@ def legacy():
               show_default=True, help="Sleep between polls when there is nothing to do.")
 @click.option("--name", default=None, help="This poller's name in claims and logs.")
 @click.option("--once", is_flag=True, help="One batch, then exit.")
-@friendly_errors
 def legacy_run(batch_size, concurrency, claim_seconds, idle_seconds, name, once):
     """Claim due rows and run their handlers until SIGINT/SIGTERM."""
     from app.migration.poller import LegacyPoller

@@ -14,7 +14,7 @@ claim (it stalled past the deadline) cannot overwrite the new holder's outcome.
 Claiming: PostgreSQL selects with `FOR UPDATE SKIP LOCKED`, so concurrent pollers and
 migrators each take different rows without waiting on one another. SQLite has no row
 locks; there the engine opens every transaction with `BEGIN IMMEDIATE` (see
-worker.db.engine), which takes the database's write lock before the SELECT, so the
+app.db.engine), which takes the database's write lock before the SELECT, so the
 `UPDATE ... WHERE id IN (SELECT ...) RETURNING` runs alone and two claimers never see the
 same row as free. The outer UPDATE repeats the status condition as a second guard.
 
@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from worker.db.schema import queued_sync, utcnow
+from app.db.schema import queued_sync, utcnow
 
 LEGACY_QUEUE, LEGACY_TASK = "sync", "sync_user"
 

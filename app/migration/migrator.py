@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from app.db.schema import queued_sync
 from app.migration.legacy import LegacyRow, LegacyStore, Status
 from app.migration.poller import _future_or_none
-from worker.db.schema import queued_sync
-from worker.producer import JobError, JobRequest, enqueue_many, validate
+from worker.producer import JobError, JobRequest, ValidatedJob, enqueue_many, validate
 from worker.registry import load_task_modules
 from worker.settings import Settings
 
@@ -105,18 +105,16 @@ class Migrator:
                                 exclude_ids=frozenset(skip))
         if not rows:
             return 0
-        good: list[tuple[LegacyRow, JobRequest]] = []
+        good: list[tuple[LegacyRow, ValidatedJob]] = []
         bad: list[tuple[LegacyRow, str]] = []
         for row in rows:
             req = JobRequest(row.queue, row.task, row.payload, row.priority, None,
                              _future_or_none(row.scheduled_at), row.stable_idempotency_key,
                              row.stable_job_id)
             try:
-                validate(req)
+                good.append((row, validate(req)))
             except JobError as exc:
                 bad.append((row, str(exc)))
-                continue
-            good.append((row, req))
         if bad:
             # Left to the legacy poller, with the reason; not claimed again in this run.
             for row, why in bad:
@@ -127,9 +125,9 @@ class Migrator:
         if good:
             # Redis errors propagate: the claimed rows stay "migrating" and are taken again
             # once the claim expires (by this run's retry or the next run).
-            done = enqueue_many([req for _row, req in good], settings=self.settings)
-            self.store.mark_moved([(row.id, enq.id, req.idempotency_key)
-                                   for (row, req), enq in zip(good, done, strict=True)],
+            done = enqueue_many([job for _row, job in good], settings=self.settings)
+            self.store.mark_moved([(row.id, enq.id, job.request.idempotency_key)
+                                   for (row, job), enq in zip(good, done, strict=True)],
                                   self.name)
             for (row, _req), enq in zip(good, done, strict=True):
                 report.moved += 1

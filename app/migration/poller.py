@@ -25,12 +25,12 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import redis
 from huey.exceptions import CancelExecution, RetryTask
 
-import redis
+from app.db.schema import utcnow
 from app.migration.legacy import LegacyRow, LegacyStore, Origin, Status
-from worker.db.schema import utcnow
-from worker.producer import JobError, JobRequest, enqueue_many
+from worker.producer import JobError, JobRequest, ValidatedJob, enqueue_many, validate
 from worker.registry import get_spec, load_task_modules
 from worker.settings import Settings
 
@@ -101,29 +101,34 @@ class LegacyPoller:
 
     def _hand_back(self, rows: list[LegacyRow], stats: PollStats) -> None:
         """Unsure fallback rows go to the queue under their own id and key: if the first
-        attempt reached Redis, the queue says "seen" and adds nothing."""
-        requests = [JobRequest(r.queue, r.task, r.payload, r.priority, None,
-                               _future_or_none(r.scheduled_at), r.stable_idempotency_key,
-                               r.stable_job_id) for r in rows]
-        try:
-            done = enqueue_many(requests, settings=self.settings)
-        except JobError as exc:
-            for row in rows:
-                self.store.mark_failed(row.id, self.name, row.attempts + 1,
+        attempt reached Redis, the queue says "seen" and adds nothing. A row that is not a
+        valid job any more fails alone; the others go."""
+        good: list[tuple[LegacyRow, ValidatedJob]] = []
+        for r in rows:
+            request = JobRequest(r.queue, r.task, r.payload, r.priority, None,
+                                 _future_or_none(r.scheduled_at), r.stable_idempotency_key,
+                                 r.stable_job_id)
+            try:
+                good.append((r, validate(request)))
+            except JobError as exc:
+                self.store.mark_failed(r.id, self.name, r.attempts + 1,
                                        f"cannot hand back to the queue: {exc}")
-            stats.failed += len(rows)
+                stats.failed += 1
+        if not good:
             return
+        try:
+            done = enqueue_many([job for _r, job in good], settings=self.settings)
         except redis.RedisError as exc:
             log.info("%s: Redis still cannot take %d unsure fallback job(s) (%s); "
-                     "retrying in %.0fs", self.name, len(rows), exc, UNSURE_BACKOFF)
-            self.store.release([r.id for r in rows], self.name, UNSURE_BACKOFF)
-            stats.waiting_for_redis += len(rows)
+                     "retrying in %.0fs", self.name, len(good), exc, UNSURE_BACKOFF)
+            self.store.release([r.id for r, _job in good], self.name, UNSURE_BACKOFF)
+            stats.waiting_for_redis += len(good)
             return
-        moved = [(r.id, enq.id, r.stable_idempotency_key) for r, enq in
-                 zip(rows, done, strict=True)]
+        moved = [(r.id, enq.id, r.stable_idempotency_key) for (r, _job), enq in
+                 zip(good, done, strict=True)]
         self.store.mark_moved(moved, self.name)
-        stats.requeued += len(rows)
-        log.info("%s: handed %d fallback job(s) back to the queue", self.name, len(rows))
+        stats.requeued += len(good)
+        log.info("%s: handed %d fallback job(s) back to the queue", self.name, len(good))
 
     def _perform(self, row: LegacyRow) -> str:
         """Run one row's handler; settle the row. Returns the outcome's PollStats field."""

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+
 from app.migration.config import MigrationMode, MigrationSettings
 from worker.queues import Priority
 

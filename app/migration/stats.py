@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import redis
-from app.migration.fallback import Counters, stats_key
+
+from app.dispatch import Counters, stats_key
+from app.migration.config import MigrationSettings, get_migration_settings
 from app.migration.legacy import LegacyStore, Origin, Status
 from app.migration.router import Router
+from worker.settings import Settings, get_settings
 
 
 def _int(value) -> int:
@@ -66,3 +69,18 @@ def migration_stats(router: Router, store: LegacyStore | None, client: redis.Red
     if breaker is not None:
         out["breaker"] = breaker
     return out
+
+
+def current_migration_stats(settings: Settings | None = None,
+                            migration: MigrationSettings | None = None,
+                            client: redis.Redis | None = None) -> dict:
+    """The figures as an operator reads them (`clarity migrate status`, the admin's panel):
+    from Redis and the legacy table, without building a producer."""
+    from app.db.engine import get_engine
+    from worker.connections import redis_client
+
+    settings = settings or get_settings()
+    migration = migration or get_migration_settings()
+    client = client or redis_client(settings)
+    router = Router(migration, client, settings.redis_key_prefix)
+    return migration_stats(router, LegacyStore(get_engine()), client, settings.redis_key_prefix)

@@ -8,10 +8,9 @@ import shutil
 
 import pytest
 
-from tests.admin.conftest import ADMIN, ADMIN_KEY
-from tests.admin.stack import free_port
-from tests.conftest import WorkerProcess, clarity_env, wait_for
-from tests.redis_server import real_clock_env
+from app.devstack.processes import free_port, real_clock_env
+from tests.admin.helpers import ADMIN, ADMIN_KEY
+from tests.helpers import WorkerProcess, clarity_env, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -96,5 +95,85 @@ def test_operator_logs_in_and_retries_a_failed_job_which_then_runs(
             audit = client.lrange(f"{PREFIX}:audit", 0, 20)
             assert any(b'"action":"retry-job"' in a and b'"via":"dashboard"' in a
                        for a in audit)
+        finally:
+            worker.stop()
+
+
+def test_operator_reads_charts_finds_a_job_and_filters_the_failed_list(
+        open_stack, redis_server, browser, artifacts, tmp_path):
+    """Issue 18 in a browser: charts drawn from what a real worker ran, search by job id
+    from the header into the job's page, the failed list filtered by error type, then a
+    bulk retry of the selection. Screenshots: admin-charts.png, admin-job-page.png,
+    admin-failed-filtered.png."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    client = redis_server.client()
+    with open_stack.client() as api:
+        for queue in ("sync", "email", "cleanup", "webhook", "notifications"):
+            api.post("/api/admin/queue", json={"action": "resume", "queue": queue},
+                     headers=ADMIN)
+        api.post("/api/admin/queue", json={"action": "clear-queue", "queue": "sync",
+                                           "jobState": "failed"}, headers=ADMIN)
+        client.delete(f"{PREFIX}:test:heal")
+        worker = WorkerProcess(clarity_env(redis_server, PREFIX, health_check_port=free_port()),
+                               queues=("sync",), concurrency=4,
+                               log=tmp_path / "worker.log").start()
+        try:
+            for i in range(30):
+                api.post("/api/jobs", json={"queue": "sync", "task": "record",
+                                            "payload": {"n": f"chart-{i}"}}, headers=ADMIN)
+            for i in range(3):
+                api.post("/api/jobs", json={"queue": "sync", "task": "permanent",
+                                            "payload": {"n": i}}, headers=ADMIN)
+            flaky = [api.post("/api/jobs", json={"queue": "sync", "task": "flaky",
+                                                 "payload": {"n": f"chart-flaky-{i}"}},
+                              headers=ADMIN).json()["id"] for i in range(2)]
+            wait_for(lambda: api.get("/api/admin/queue?action=stats&queue=sync",
+                                     headers=ADMIN).json()["counts"]["failed"] == 5,
+                     timeout=40, message="five jobs to fail for good")
+
+            wait = WebDriverWait(browser, 20)
+            browser.get(open_stack.url + "/")
+            wait.until(ec.presence_of_element_located((By.ID, "key")))
+            browser.find_element(By.ID, "key").send_keys(ADMIN_KEY)
+            browser.find_element(By.ID, "login").click()
+
+            def drawn(driver):
+                driver.get(open_stack.url + "/charts")
+                chart = driver.find_element(By.ID, "chart-sync-throughput")
+                return chart if int(chart.get_attribute("data-points")) > 0 else False
+
+            WebDriverWait(browser, 30, poll_frequency=1).until(drawn)
+            assert browser.find_elements(By.CSS_SELECTOR, "#chart-sync-throughput polyline, "
+                                                          "#chart-sync-throughput circle")
+            assert int(browser.find_element(By.ID, "chart-sync-latency")
+                       .get_attribute("data-points")) > 0
+            browser.save_screenshot(str(artifacts / "admin-charts.png"))
+
+            search = browser.find_element(By.ID, "job-search")
+            search.send_keys(flaky[0])
+            browser.find_element(By.ID, "job-search-go").click()
+            wait.until(ec.presence_of_element_located((By.ID, "attempts")))
+            assert "flaky failure" in browser.find_element(By.ID, "attempts").text
+            assert "chart-flaky-0" in browser.find_element(By.ID, "payload").text
+            browser.save_screenshot(str(artifacts / "admin-job-page.png"))
+
+            browser.get(open_stack.url + "/failed?queue=sync")
+            Select(browser.find_element(By.ID, "filter-error")).select_by_value("RuntimeError")
+            browser.find_element(By.ID, "filter-apply").click()
+            wait.until(lambda d: "errorType=RuntimeError" in d.current_url)
+            rows = browser.find_elements(By.CSS_SELECTOR, "#bulk tbody tr")
+            assert sorted(r.get_attribute("data-job") for r in rows) == sorted(flaky)
+            for box in browser.find_elements(By.NAME, "jobIds"):
+                box.click()
+            browser.save_screenshot(str(artifacts / "admin-failed-filtered.png"))
+            browser.find_element(By.ID, "bulk-retry").click()
+            wait_for(lambda: any(b'"action":"retry-jobs"' in a and b'"via":"dashboard"' in a
+                                 and b'"result":"ok"' in a
+                                 for a in client.lrange(f"{PREFIX}:audit", 0, 20)),
+                     timeout=15, message="the bulk retry to be done and audited")
+            wait.until(lambda d: "errorType=RuntimeError" in d.current_url)
         finally:
             worker.stop()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.admin.conftest import ADMIN_KEY, READONLY_KEY, make_failed
+from tests.admin.helpers import ADMIN_KEY, READONLY_KEY, make_failed
 from tests.admin.test_api import assert_error
 
 
@@ -129,7 +129,7 @@ def test_logout_ends_the_session(client):
 def test_removing_a_key_ends_its_sessions(admin_env, monkeypatch, setting):
     from app.admin import create_app
     from app.admin.config import reset_admin_settings_cache
-    from tests.admin.conftest import ROTATED_KEY
+    from tests.admin.helpers import ROTATED_KEY
 
     client = create_app().test_client()
     login(client)
@@ -149,13 +149,14 @@ def test_static_files_are_served(client):
 
 def test_workers_with_their_last_heartbeat_and_counters(client, manager):
     import json
-    import time
 
     key = manager.keys("email").workers
+    seconds, micros = manager.redis.time()  # heartbeats are stamped on Redis' clock
+    now = seconds + micros / 1e6
     manager.redis.hset(key, "host-a:123", json.dumps({
-        "heartbeat": time.time() - 3, "pid": 123, "concurrency": 4, "active": 1,
+        "heartbeat": now - 3, "pid": 123, "concurrency": 4, "active": 1,
         "processed": 42, "failed": 2}))
-    manager.redis.hset(key, "host-b:9", json.dumps({"heartbeat": time.time() - 300}))
+    manager.redis.hset(key, "host-b:9", json.dumps({"heartbeat": now - 300}))
     login(client)
     page = client.get("/").text
     assert "host-a:123" in page and "alive" in page and "silent" in page

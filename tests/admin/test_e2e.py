@@ -10,9 +10,9 @@ import threading
 import httpx
 import pytest
 
-from tests.admin.conftest import ADMIN, ADMIN_KEY, KEY_SETTINGS, PRODUCER, READONLY
-from tests.admin.stack import Stack, have_e2e_tools
-from tests.conftest import clarity_env
+from app.devstack.web import WebStack, have_e2e_tools
+from tests.admin.helpers import ADMIN, ADMIN_KEY, KEY_SETTINGS, PRODUCER, READONLY
+from tests.helpers import clarity_env
 
 pytestmark = pytest.mark.skipif(have_e2e_tools() is not None,
                                 reason=f"needs {have_e2e_tools()} (apt-get install nginx openssl)")
@@ -59,7 +59,7 @@ def stack(redis_server, tmp_path_factory, health_servers):
     env = clarity_env(redis_server, "e2e", **keys, admin_rate_limit=f"{APP_LIMIT} per 15 minutes")
     targets = [{"host": f"w{i}", "queue": "sync", "address": "127.0.0.1",
                 "port": s.server_address[1]} for i, s in enumerate(health_servers, 1)]
-    with Stack(tmp_path_factory.mktemp("stack"), env,
+    with WebStack(tmp_path_factory.mktemp("stack"), env,
                nginx_vars={"nginx_worker_health_targets": targets,
                            "nginx_client_max_body_size": "256k"}) as running:
         yield running
@@ -160,7 +160,7 @@ def test_metrics_merge_every_gunicorn_worker(stack, web):
 
 def test_nginx_limit_req_answers_json_429(redis_server, tmp_path):
     env = clarity_env(redis_server, "e2e-nginx", **KEY_SETTINGS)
-    with Stack(tmp_path, env, nginx_vars={"nginx_api_rate": "1r/s", "nginx_api_burst": 2},
+    with WebStack(tmp_path, env, nginx_vars={"nginx_api_rate": "1r/s", "nginx_api_burst": 2},
                gunicorn_workers=1) as stack, stack.client() as client:
         statuses = [client.get("/api/admin/openapi.json") for _ in range(8)]
         limited = [r for r in statuses if r.status_code == 429]
@@ -171,7 +171,7 @@ def test_nginx_limit_req_answers_json_429(redis_server, tmp_path):
 def test_dashboard_login_over_tls_sets_a_secure_httponly_cookie(web):
     import re
 
-    from tests.admin.conftest import ADMIN_KEY as KEY
+    from tests.admin.helpers import ADMIN_KEY as KEY
 
     page = web.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)

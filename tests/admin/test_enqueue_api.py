@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.admin.conftest import ADMIN, PRODUCER, READONLY
+from tests.admin.helpers import ADMIN, PRODUCER, READONLY
 from tests.admin.test_api import assert_error
 
 URL = "/api/jobs"

@@ -19,7 +19,7 @@ class UnknownProvider(Exception):
 
 
 def fake_verify(provider, body, headers):
-    """Stand-in with the worker.webhooks contract: raise on anything but a good signature."""
+    """Stand-in with the app.jobs.webhook_signatures contract: raise on anything but a good signature."""
     if provider != "acme":
         raise UnknownProvider(provider)
     expected = hmac.new(SECRET, body, hashlib.sha256).hexdigest()
@@ -83,8 +83,8 @@ def test_oversized_webhook_is_413(hook_client):
 
 def test_real_verifier_accepts_a_fresh_signature_and_refuses_a_stale_one(admin_env, monkeypatch,
                                                                          manager):
-    webhooks = pytest.importorskip("worker.webhooks")
-    from worker.handler_settings import reset_handler_settings_cache
+    webhooks = pytest.importorskip("app.jobs.webhook_signatures")
+    from app.jobs.settings import reset_handler_settings_cache
 
     secret = "yodlee-secret-0123456789abcdef"
     monkeypatch.setenv("WEBHOOK_SECRETS", f"yodlee={secret}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import free_port, real_clock_env
+from app.devstack.processes import free_port, real_clock_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "redis" / "clarity-redis-backup"

@@ -2,37 +2,31 @@
 aggregator, a real SMTP server (aiosmtpd) and a private Redis.
 
 PostgreSQL: CLARITY_TEST_POSTGRES_URL if set (a server whose user may CREATE DATABASE),
-otherwise a throwaway cluster started with initdb/pg_ctl (tests/pg.py). Set
+otherwise a throwaway cluster started with initdb/pg_ctl (app/devstack/postgres.py). Set
 CLARITY_TEST_SKIP_POSTGRES=1 to run the SQLite half only.
 """
 
 from __future__ import annotations
 
 import secrets
-import shutil
-import socket
-import subprocess
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.fakes.aggregator_server import CLIENT_ID, CLIENT_SECRET, FakeAggregator
-from tests.pg import create_database_at
-from worker import aggregator as aggregator_module
-from worker import hueys, mailer
-from worker.db import migrate
-from worker.db.engine import create_db_engine, reset_engines
-from worker.db.schema import metadata
-from worker.handler_settings import reset_handler_settings_cache
+from app.db import migrate
+from app.db.engine import create_db_engine, reset_engines
+from app.db.schema import metadata
+from app.devstack.fake_aggregator import CLIENT_ID, CLIENT_SECRET, FakeAggregator
+from app.devstack.postgres import create_database_at
+from app.devstack.processes import free_port
+from app.devstack.redis_server import RedisServer
+from app.jobs import aggregator as aggregator_module
+from app.jobs import mailer
+from app.jobs.settings import reset_handler_settings_cache
+from tests.handlers.helpers import SIGNING_SECRET, WEBHOOK_SECRET, CapturingHandler
+from worker import hueys
 from worker.settings import reset_settings_cache
-
-REPO = Path(__file__).resolve().parents[2]
-WEBHOOK_SECRET = "whsec-test-0123456789abcdef"
-SIGNING_SECRET = "handler-test-signing-secret-0123456789"
-
 
 # -- databases ---------------------------------------------------------------------------
 
@@ -105,33 +99,12 @@ def fake_aggregator(handler_env):
 
 # -- SMTP --------------------------------------------------------------------------------
 
-class CapturingHandler:
-    """aiosmtpd handler: keeps accepted messages; `reply` set answers DATA with it."""
-
-    def __init__(self):
-        self.messages = []
-        self.reply: str | None = None
-        self.rcpt_reply: str | None = None
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if self.rcpt_reply:
-            return self.rcpt_reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.reply:
-            return self.reply
-        self.messages.append(envelope)
-        return "250 Message accepted for delivery"
-
-
 @pytest.fixture
 def smtp_server(handler_env):
     from aiosmtpd.controller import Controller
 
     handler = CapturingHandler()
-    port = _free_port()
+    port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     handler_env(smtp_host="127.0.0.1", smtp_port=port, smtp_security="none",
@@ -143,38 +116,14 @@ def smtp_server(handler_env):
 
 # -- Redis -------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def handler_redis(tmp_path_factory):
     """A private redis-server from the repo's redis.conf, one per test module (the config
     renames FLUSHDB/FLUSHALL/KEYS, so modules are isolated by server instead)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    workdir = tmp_path_factory.mktemp("redis")
-    port, password = _free_port(), secrets.token_hex(12)
-    proc = subprocess.Popen(
-        [binary, str(REPO / "redis" / "redis.conf"), "--port", str(port), "--dir",
-         str(workdir), "--requirepass", password, "--daemonize", "no", "--appendonly", "no",
-         "--save", "", "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError("redis-server did not start")
-    yield {"port": port, "password": password}
-    proc.terminate()
-    proc.wait(10)
+    server = RedisServer(tmp_path_factory.mktemp("redis"), password=secrets.token_hex(12),
+                         extra=("--appendonly", "no")).start()
+    yield {"port": server.port, "password": server.password}
+    server.stop()
 
 
 @pytest.fixture
@@ -193,17 +142,3 @@ def queue_env(handler_redis, handler_env, monkeypatch):
     hueys.reset_caches()
 
 
-def waiting_jobs(queue: str) -> list[tuple[dict, int]]:
-    """(payload, priority) of every waiting job of `queue`, in dequeue order."""
-    from worker.queues import QueueKeys
-    from worker.settings import get_settings
-
-    settings = get_settings()
-    conn = hueys.redis_client(settings)
-    keys = QueueKeys(settings.redis_key_prefix, queue)
-    huey = hueys.get_huey(queue, settings)
-    out = []
-    for job_id in conn.zrange(keys.waiting, 0, -1):
-        msg, prio = conn.hmget(keys.job(job_id.decode()), "msg", "prio")
-        out.append((huey.deserialize_task(msg).args[0], int(prio)))
-    return out

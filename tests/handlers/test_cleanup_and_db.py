@@ -10,11 +10,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 
-from worker.db import migrate
-from worker.db.cli import db as db_cli
-from worker.db.locks import acquire
-from worker.db.schema import email_log, metadata, queued_sync, sync_log, webhook_events
-from worker.tasks.cleanup import cleanup_once
+from app.db import migrate
+from app.db.cli import db as db_cli
+from app.db.locks import acquire
+from app.db.schema import email_log, metadata, queued_sync, sync_log, webhook_events
+from app.jobs.cleanup import cleanup_once
 
 NOW = dt.datetime(2026, 11, 28, 12, tzinfo=dt.UTC)
 

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from huey.exceptions import CancelExecution
 
-from worker.db.schema import email_log
-from worker.mailer import TransientMailError, get_mailer, render
-from worker.tasks.email import send_email
+from app.db.schema import email_log
+from app.jobs.email import send_email
+from app.jobs.mailer import TransientMailError, get_mailer, render
 
 WELCOME = {"template": "welcome", "to": "ada@example.com", "context": {"name": "Ada"},
            "idempotency_key": "welcome:42"}

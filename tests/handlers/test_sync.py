@@ -9,9 +9,8 @@ import pytest
 import sqlalchemy as sa
 from huey.exceptions import CancelExecution
 
-from tests.fakes.aggregator_server import DataSet
-from worker.aggregator import AggregatorClient, AggregatorRejected, AggregatorUnavailable
-from worker.db.schema import (
+from app.contracts import SyncType
+from app.db.schema import (
     holdings,
     linked_accounts,
     portfolio_snapshots,
@@ -19,8 +18,10 @@ from worker.db.schema import (
     sync_state,
     transactions,
 )
-from worker.handler_settings import get_handler_settings
-from worker.tasks.sync import SyncType, run_sync, stale_users, sync_user
+from app.devstack.fake_aggregator import DataSet
+from app.jobs.aggregator import AggregatorClient, AggregatorRejected, AggregatorUnavailable
+from app.jobs.settings import get_handler_settings
+from app.jobs.sync import run_sync, stale_users, sync_user
 
 
 def snapshot_of(engine):

@@ -5,16 +5,16 @@ import os
 
 import sqlalchemy as sa
 
-from tests.conftest import wait_for
-from worker.db import migrate
-from worker.db.engine import create_db_engine
-from worker.db.schema import email_log, notifications
+from app.db import migrate
+from app.db.engine import create_db_engine
+from app.db.schema import email_log, notifications
+from tests.helpers import wait_for
 from worker.producer import enqueue
 
 
 def test_notification_and_its_email_run_through_real_workers(env, workers, tmp_path,
                                                              smtp_server):
-    url = f"sqlite:///{tmp_path / 'worker.db'}"
+    url = f"sqlite:///{tmp_path / 'app.db'}"
     engine = create_db_engine(url)
     migrate.upgrade(engine=engine)
     smtp = {k: os.environ[k] for k in ("SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "SMTP_FROM")}

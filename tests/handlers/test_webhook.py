@@ -9,13 +9,14 @@ import pytest
 import sqlalchemy as sa
 from huey.exceptions import CancelExecution
 
-import worker.tasks.email  # declares send_email for the fan-out
-import worker.tasks.sync  # noqa: F401 - declares sync_user
-from tests.handlers.conftest import WEBHOOK_SECRET, waiting_jobs
-from worker.db.schema import notifications, webhook_events
-from worker.tasks.notifications import create_notification
-from worker.tasks.webhook import process_webhook, webhook_job_payload
-from worker.webhooks import WebhookRejected, sign, verify_signature
+import app.jobs.email  # declares send_email for the fan-out
+import app.jobs.sync  # noqa: F401 - declares sync_user
+from app.contracts import webhook_job_payload
+from app.db.schema import notifications, webhook_events
+from app.jobs.notifications import create_notification
+from app.jobs.webhook import process_webhook
+from app.jobs.webhook_signatures import WebhookRejected, sign, verify_signature
+from tests.handlers.helpers import WEBHOOK_SECRET, waiting_jobs
 
 
 def job(event: dict, secret=WEBHOOK_SECRET, ts=None, received_at=None):

@@ -12,12 +12,11 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from app.db import migrate
+from app.db.engine import get_engine, reset_engines
+from app.jobs.settings import reset_handler_settings_cache
 from app.migration.config import reset_migration_settings_cache
 from app.queue_service import reset_dispatchers
-from tests.conftest import wait_for
-from worker.db import migrate
-from worker.db.engine import get_engine, reset_engines
-from worker.handler_settings import reset_handler_settings_cache
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +84,3 @@ def migration_env(monkeypatch):
     yield apply
     reset_migration_settings_cache()
     reset_dispatchers()
-
-
-def wait_until(predicate, timeout=30.0, interval=0.05, message="condition"):
-    return wait_for(predicate, timeout=timeout, interval=interval, message=message)

@@ -9,13 +9,13 @@ from collections import Counter
 
 import pytest
 
-from app.migration.fallback import QueueUnavailable
+from app.db.engine import get_engine
+from app.dispatch import QueueUnavailable
 from app.migration.legacy import LegacyStore, Origin, Status
 from app.migration.poller import LegacyPoller
 from app.queue_service import QueueService
-from tests.migration.conftest import wait_until
+from tests.helpers import wait_for
 from tests.migration.jobs import executions
-from worker.db.engine import get_engine
 from worker.management import QueueManager
 from worker.settings import get_settings
 
@@ -70,14 +70,14 @@ def test_redis_killed_mid_burst_of_2000_enqueues_every_job_runs_exactly_once(
     server.start()
     workers(server, queues=("sync",), concurrency=8, clarity_test_runner="queue", **extra)
     # New jobs go to the queue again once the breaker's probe succeeds.
-    later = wait_until(lambda: (r := service.enqueue("sync", "count", {"n": 5000}))
+    later = wait_for(lambda: (r := service.enqueue("sync", "count", {"n": 5000}))
                        .route == "queue" and r, timeout=10, message="the breaker to close")
     results[5000] = later
 
     def all_ran():
         return len({n for n, _ in executions(count_file)}) >= 2001
 
-    wait_until(all_ran, timeout=90, interval=0.2, message="every job to run")
+    wait_for(all_ran, timeout=90, interval=0.2, message="every job to run")
     time.sleep(2.0)  # let any duplicate show up
     ran = Counter(n for n, _ in executions(count_file))
     assert set(ran) == {str(i) for i in results}, "lost or unknown jobs"
@@ -121,3 +121,64 @@ def test_redis_out_of_memory_falls_back_as_certainly_not_queued(
     assert origins == {Origin.FALLBACK: routes["fallback"]}  # OOM: Redis wrote nothing
     queued = QueueManager().counts("sync")
     assert queued["waiting"] == routes["queue"], queued
+
+
+def test_a_bulk_whose_second_queue_fails_falls_back_only_what_did_not_land(
+        database, configure, migration_env, redis_server, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from worker.hueys import get_huey
+
+    configure(redis_server, task_modules=TASKS, database_url=database)
+    migration_env(enable_queue="true", migration_mode="immediate", fallback_to_legacy="true",
+                  breaker_failure_threshold=1000)
+    service = QueueService()
+    storage = get_huey("email").storage
+
+    def refused(*args, **kwargs):
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(storage, "enqueue_jobs", refused)
+    jobs = [{"queue": "sync", "task": "ping", "payload": {"n": i}} for i in range(3)] + \
+           [{"queue": "email", "task": "ping", "payload": {"n": i}} for i in range(2)]
+    routes = [(s.queue, s.route) for s in service.enqueue_bulk(jobs)]
+    assert routes == [("sync", "queue")] * 3 + [("email", "fallback")] * 2
+    rows = LegacyStore(get_engine()).counts()
+    assert rows["origin"] == {Origin.FALLBACK: 2}  # the sync jobs landed: no second copy
+    assert QueueManager().counts("sync")["waiting"] == 3
+
+
+def test_one_bad_row_in_an_unsure_hand_back_fails_alone(database, configure, migration_env,
+                                                        redis_server):
+    from app.migration.legacy import NewRow
+
+    configure(redis_server, task_modules=TASKS, database_url=database)
+    store = LegacyStore(get_engine())
+    store.insert([NewRow("sync", "ping", {"n": 1}, 3, Origin.FALLBACK_UNSURE, "u-1", "k-1"),
+                  NewRow("sync", "no_such_task", {"n": 2}, 3, Origin.FALLBACK_UNSURE, "u-2",
+                         "k-2"),
+                  NewRow("sync", "ping", {"n": 3}, 3, Origin.FALLBACK_UNSURE, "u-3", "k-3")])
+    stats = LegacyPoller(store, get_settings(), name="hand-back").run_once()
+    assert stats.requeued == 2 and stats.failed == 1
+    assert store.counts()["status"] == {Status.MOVED: 2, Status.FAILED: 1}
+    assert QueueManager().counts("sync")["waiting"] == 2
+
+
+def test_the_breaker_is_never_left_half_open_by_an_error_that_is_not_redis(
+        database, configure, migration_env, redis_server, monkeypatch):
+    from app import dispatch
+
+    configure(redis_server, task_modules=TASKS, database_url=database)
+    migration_env(enable_queue="true", migration_mode="immediate", fallback_to_legacy="true",
+                  breaker_failure_threshold=1, breaker_reset_seconds=0.1)
+    service = QueueService()
+    breaker = service.dispatcher.breaker
+    breaker.failure()  # open
+    time.sleep(0.15)   # half-open: the next call is the probe
+    monkeypatch.setattr(dispatch, "enqueue_many",
+                        lambda *a, **k: (_ for _ in ()).throw(TypeError("a bug")))
+    with pytest.raises(TypeError):
+        service.enqueue("sync", "ping", {})
+    monkeypatch.undo()
+    assert service.enqueue("sync", "ping", {}).route == "queue"  # the next caller probes
+    assert breaker.state.value == "closed"

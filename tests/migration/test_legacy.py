@@ -10,11 +10,12 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
+from app.db.engine import get_engine
+from app.db.schema import queued_sync, utcnow
 from app.migration.legacy import LegacyStore, NewRow, Origin, Status
 from app.migration.poller import LegacyPoller
+from tests.helpers import wait_for
 from tests.migration.jobs import executions
-from worker.db.engine import get_engine
-from worker.db.schema import queued_sync, utcnow
 from worker.settings import get_settings
 
 
@@ -90,14 +91,16 @@ def test_two_pollers_never_run_a_row_twice(store, count_file):
 
 def test_a_crashed_pollers_rows_are_taken_over_after_the_claim(store, count_file):
     store.insert(rows(10))
-    crashed = store.claim("crashed", 10, 0.3, to_status=Status.PROCESSING,
+    # Long enough that a busy machine still asks before it expires; then poll until it has.
+    crashed = store.claim("crashed", 10, 2.0, to_status=Status.PROCESSING,
                           from_statuses=(Status.PENDING,), due_only=True,
                           stale_status=Status.PROCESSING)
     assert len(crashed) == 10
     poller = LegacyPoller(store, get_settings(), name="survivor")
     assert poller.run_once().claimed == 0  # the claim still holds
-    threading.Event().wait(0.4)
-    assert poller.run_once().done == 10
+    done = []
+    wait_for(lambda: done.append(poller.run_once().done) or sum(done) == 10, timeout=15,
+             interval=0.2, message="the expired claim to be taken over")
     # The crashed poller, waking up, cannot overwrite the survivor's outcome.
     assert store.mark_failed(crashed[0].id, "crashed", 1, "late") == 0
     assert statuses(store) == {Status.DONE: 10}

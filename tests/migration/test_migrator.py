@@ -14,18 +14,17 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from app.cli import main
+from app.db.engine import get_engine
+from app.db.schema import queued_sync, utcnow
+from app.devstack import REPO
 from app.migration.legacy import LegacyStore, Status
 from app.migration.migrator import Migrator
-from tests.conftest import clarity_env
-from tests.migration.conftest import wait_until
-from tests.redis_server import REPO
-from worker.db.engine import get_engine
-from worker.db.schema import queued_sync, utcnow
-from worker.hueys import redis_client
+from tests.helpers import clarity_env, wait_for
+from worker.connections import redis_client
 from worker.queues import QueueKeys
 from worker.settings import get_settings
 
-TASKS = "worker.tasks.sync,tests.jobs,tests.migration.jobs"
+TASKS = "app.jobs.sync,tests.jobs,tests.migration.jobs"
 
 
 def seed(engine, n: int) -> None:
@@ -94,7 +93,7 @@ def test_two_migrators_racing_one_sigkilled_half_way_move_every_row_exactly_once
                 queued_sync.c.status == Status.MIGRATING)).scalar_one()
 
     # Kill it half-way, while it holds claimed rows (they may already be in the queue).
-    wait_until(lambda: moved() >= 1500 and victim_holds(), timeout=60, interval=0.002,
+    wait_for(lambda: moved() >= 1500 and victim_holds(), timeout=60, interval=0.002,
                message="half the rows, with the victim holding a batch")
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
@@ -130,7 +129,7 @@ def test_a_migrator_dying_between_enqueue_and_mark_is_resumed_without_duplicates
         crashing.run()
     assert len(queued_ids()) == 240  # two batches reached the queue, one was marked
     store.mark_moved = real_mark
-    wait_until(lambda: True)
+    wait_for(lambda: True)
     report = Migrator(store, get_settings(), name="next", batch_size=120,
                       claim_seconds=0.2).run(poll_seconds=0.1)
     assert report.moved == 180 and report.already_queued == 120

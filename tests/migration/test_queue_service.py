@@ -7,13 +7,13 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
+from app.db.engine import get_engine
 from app.migration.legacy import LegacyStore, Origin
 from app.queue_service import QueueService, SyncType
-from worker.db.engine import get_engine
 from worker.producer import JobError, JobRequest
 from worker.queues import Priority
 
-TASKS = ("worker.tasks.sync,worker.tasks.email,worker.tasks.webhook,tests.jobs,"
+TASKS = ("app.jobs.sync,app.jobs.email,app.jobs.webhook,tests.jobs,"
          "tests.migration.jobs")
 
 

@@ -3,119 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
-from tests.conftest import RUN_MARKER
-from tests.observability.helpers import scrape, value
-from tests.redis_server import REPO, free_port
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc (children started new sessions, so process
-    groups would miss them)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def clean_env(**extra) -> dict[str, str]:
-    """No REDIS_*, secrets or prefixes from the test process: the stack brings its own."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
-           "CLARITY_ENV_FILE": "/nonexistent.env", "LANG": "C.UTF-8",
-           # the suite's marker, so its leftover check sees what `clarity up` starts
-           RUN_MARKER: os.environ[RUN_MARKER]}
-    env.update(extra)
-    return env
-
-
-def distinct_ports(n: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return sorted(ports)
-
-
-def free_block(size: int = 5) -> int:
-    """A base port with `size` consecutive free ports."""
-    for _ in range(50):
-        base = free_port()
-        if base + size > 65535:
-            continue
-        ok = True
-        for p in range(base, base + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
-
-
-class Output:
-    def __init__(self, stream):
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream):
-        for line in iter(stream.readline, ""):
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError("clarity up exited:\n" + "".join(self.seen))
-            self.seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no {text!r} within {timeout}s:\n" + "".join(self.seen))
-
-    def rest(self, timeout: float = 5) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-        return "".join(self.seen)
+from app.devstack import REPO
+from tests.observability.helpers import (
+    Output,
+    clean_env,
+    descendants,
+    distinct_ports,
+    free_block,
+    running,
+    scrape,
+    value,
+)
 
 
 def test_clarity_up_runs_a_job_end_to_end_and_leaves_nothing_behind(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from worker.management import QueueManager
 from worker.producer import enqueue
 

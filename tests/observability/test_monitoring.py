@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.redis_server import REPO
+from app.devstack import REPO
 
 MONITORING = REPO / "monitoring"
 PROMTOOL = shutil.which("promtool")
@@ -42,20 +42,37 @@ def test_example_prometheus_config_is_valid():
     promtool("check", "config", "--syntax-only", "prometheus.yml")
 
 
-def test_every_alert_has_a_unit_test_severity_and_fix():
-    rules = yaml.safe_load((MONITORING / "alerts" / "clarity.yml").read_text())
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a document's headings."""
+    return {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)}
+
+
+def test_every_alert_has_a_unit_test_severity_fix_and_runbook_section():
+    alerts = [r for path in sorted((MONITORING / "alerts").glob("*.yml"))
+              for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]
+              if "alert" in r]
     tests = yaml.safe_load((MONITORING / "alerts_test.yml").read_text())
-    tested = {case["alertname"] for t in tests["tests"] for case in t["alert_rule_test"]
+    tested = {case["alertname"] for t in tests["tests"] for case in t.get("alert_rule_test", [])
               if case.get("exp_alerts")}
-    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    runbook = (REPO / "docs" / "troubleshooting.md").read_text()
+    anchors = _anchors(runbook)
     for rule in alerts:
         assert rule["alert"] in tested, f"{rule['alert']} has no firing unit test"
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert path == "docs/troubleshooting.md" and anchor in anchors, rule["alert"]
     names = {r["alert"] for r in alerts}
     assert {"ClarityQueueBacklog", "ClarityJobFailureRate", "ClarityWorkerDown",
             "ClarityRedisDown", "ClarityRedisMemoryHigh", "ClarityBackupStale",
-            "ClarityExpiredLeasesPilingUp"} <= names
+            "ClarityExpiredLeasesPilingUp", "ClarityCompletionRateLow",
+            "ClarityProcessingTimeHigh", "ClarityWorkerUptimeLow"} <= names
+    # The guide's symptoms and ours each have a section.
+    for section in ("high-memory", "jobs-stuck-in-waiting", "connection-issues", "debug-mode",
+                    "slow-redis", "slow-database", "expired-leases", "bad-signatures",
+                    "abandoned-jobs", "circuit-breaker-open", "failover"):
+        assert section in anchors, section
 
 
 def _dashboard_exprs():

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.helpers import recorded
+from app.devstack.processes import free_port
+from tests.helpers import recorded, wait_for
 from tests.observability.helpers import get_json, has, scrape, value
-from tests.redis_server import free_port
 from worker.management import QueueManager
 from worker.producer import enqueue
 
@@ -53,6 +52,11 @@ def test_metrics_move_as_jobs_run_retry_and_fail(env, workers, mode):
     assert value(after, "clarity_jobs", queue="sync", state="failed") == 1
     assert value(after, "clarity_worker_active_jobs") == 0
     assert value(after, "clarity_redis_roundtrip_seconds") > 0
+    # CPU and memory of the worker, its forked job processes included (--processes).
+    assert value(after, "clarity_worker_resident_memory_bytes") > 10 * 2**20
+    assert value(after, "clarity_worker_cpu_seconds_total") > 0
+    # With --processes: the worker, its two job processes and Huey's scheduler process.
+    assert value(after, "clarity_worker_processes") == (1 if mode == "threads" else 4)
 
     # Queue gauges are read at scrape time: pause, enqueue, and the waiting count moves.
     QueueManager().pause("sync")
@@ -133,3 +137,24 @@ def test_health_port_follows_the_queue_unless_set(env):
         == [9101, 9102, 9103, 9104, 9105]
     assert health_port(load_settings(health_check_port=0), ["sync"]) == 0
     assert health_port(load_settings(health_check_port=9300), ["sync"]) == 9300
+
+
+def test_worker_started_before_redis_waits_then_runs_jobs_without_a_restart(
+        configure, redis_factory, workers):
+    # A rack power cycle: the workers boot before Redis has loaded its data.
+    server = configure(redis_factory("late", start=False))
+    port = free_port()
+    worker = workers(server=server, health_check_port=port, health_check_host="127.0.0.1")
+    code, doc = wait_for(lambda: (r := get_json(_url(port, "/health")))[1] is not None and r,
+                         message="the health server answering while Redis is down")
+    assert code == 503
+    assert "waiting for Redis" in doc["reason"]
+    wait_for(lambda: worker.proc.poll() is None and "waits, next try" in
+             (worker.child.log.read_text()), message="the worker logging that it waits")
+    assert worker.proc.poll() is None  # still running: nothing for a start limit to count
+
+    server.start()
+    wait_for(lambda: _healthy(port), timeout=30, message="healthy once Redis answers")
+    enqueue("sync", "record", {"n": "after"})
+    wait_for(lambda: recorded("done") == ["after"], message="a job run by the same process")
+    assert worker.proc.poll() is None

@@ -1,83 +1,84 @@
--- Settle this consumer's finished jobs, then lease the next ones: one round trip per job on a
--- busy queue (less with batches), where plain Huey spends three.
+-- Settle this consumer's finished jobs, then lease the next one for the calling thread: one
+-- round trip per job on a busy queue, where plain Huey spends three.
 --
--- Settling: ack (done: delete), requeue (back to waiting, e.g. interrupted by shutdown),
--- unstart (leased but never started: back without counting a delivery) or fail (into the
--- failed set with the error). Only the lease holder settles: if the reaper already gave the
--- job to someone else, the stale holder's settlement changes nothing.
--- Leasing: pop by priority then FIFO into the active set scored by the lease deadline (Redis'
--- clock, which every host shares), with holder and delivery count. Nothing while paused.
+-- Settling, only by the lease holder (a settlement whose token is no longer the job's lease,
+-- because the reaper gave the job to someone else, changes nothing):
+--   ack      done: the job is deleted
+--   release  back to `waiting` at once, the delivery not charged (a shutdown interrupted it,
+--            or it was never started)
+--   return   back to `waiting` at once, the delivery charged (the job path broke mid-way);
+--            past max_deliveries, to `failed` as `abandoned` instead (as the reaper does)
+--   fail     into `failed` with reason, error, traceback and attempts
+-- Leasing: pop by priority then FIFO into `active`, scored by the lease deadline on Redis'
+-- clock (which every host shares), with holder, a token that never repeats (consumer/leases)
+-- and the delivery counted: the caller starts it at once. Nothing while paused.
 --
 -- KEYS: waiting, active, failed, wake, paused
--- ARGV: job key prefix, lease count (0: settle only), lease_ms, consumer,
---       then groups of 8: op, id, lease, reason, error_type, error, traceback, attempts
--- Returns {settled, status, leases...}: status -1 paused, else the number leased, each as
--- id, message, deliveries, ready_ms, enqueued_ms.
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+-- ARGV: job key prefix, want (1: lease one, 0: settle only), lease_ms, consumer,
+--       max_deliveries, then groups of 8: op, id, token, reason, error_type, error,
+--       traceback, attempts
+-- Returns {settled, status, [id, message, deliveries, ready_ms, enqueued_ms, token, prio]}:
+-- status -1 paused, else the number leased (0 or 1).
+local now = now_ms()
 local prefix = ARGV[1]
 local settled, woken = 0, 0
-for i = 5, #ARGV, 8 do
-  local op, id, lease = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local max_deliveries = tonumber(ARGV[5])
+for i = 6, #ARGV, 8 do
+  local op, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local reason, error_type, err = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local job = prefix .. id
-  if redis.call('HGET', job, 'lease') == lease then
+  if redis.call('HGET', job, 'lease') == token then
     redis.call('ZREM', KEYS[2], id)
     settled = settled + 1
+    if op == 'return' and tonumber(redis.call('HGET', job, 'deliveries') or '0')
+        >= max_deliveries then
+      op, reason, error_type = 'fail', 'abandoned', 'WorkerError'
+      err = 'the worker could not finish or settle it ' .. max_deliveries ..
+        ' times (see the worker logs)'
+    end
     if op == 'ack' then
       redis.call('DEL', job)
-    elseif op == 'requeue' or op == 'unstart' then
-      local score = tonumber(redis.call('HGET', job, 'score') or '0')
-      if op == 'unstart' then redis.call('HINCRBY', job, 'deliveries', -1) end
-      redis.call('ZADD', KEYS[1], score, id)
+    elseif op == 'release' or op == 'return' then
+      if op == 'release' then redis.call('HINCRBY', job, 'deliveries', -1) end
+      redis.call('ZADD', KEYS[1], job_score(job), id)
       redis.call('HSET', job, 'state', 'waiting', 'ready', now)
-      redis.call('HDEL', job, 'lease', 'consumer')
+      redis.call('HDEL', job, 'lease', 'consumer', 'leased_at')
       woken = woken + 1
     else
-      redis.call('HSET', job, 'state', 'failed', 'reason', ARGV[i + 3],
-        'error_type', ARGV[i + 4], 'error', ARGV[i + 5], 'traceback', ARGV[i + 6],
-        'attempts', ARGV[i + 7], 'last_failed', now)
+      redis.call('HSET', job, 'state', 'failed', 'reason', reason, 'error_type', error_type,
+        'error', err, 'traceback', ARGV[i + 6], 'attempts', ARGV[i + 7], 'last_failed', now)
       redis.call('HSETNX', job, 'first_failed', now)
-      redis.call('HDEL', job, 'lease', 'consumer')
+      redis.call('HDEL', job, 'lease', 'consumer', 'leased_at')
       redis.call('ZADD', KEYS[3], now, id)
     end
   end
 end
-if woken > 0 then
-  for _ = 1, math.min(woken, 64) do redis.call('RPUSH', KEYS[4], 1) end
-end
+wake(KEYS[4], woken)
 
-local count = tonumber(ARGV[2])
-if count == 0 then
+if ARGV[2] == '0' then
   return {settled, 0}
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return {settled, -1}
 end
-local popped = redis.call('ZPOPMIN', KEYS[1], count)
+local popped = redis.call('ZPOPMIN', KEYS[1])
 if #popped == 0 then
   -- Nothing waits, so every wake token left is stale (its job was taken): drop them, or
   -- idle workers would each wake for nothing once per token after a busy spell.
   redis.call('DEL', KEYS[4])
   return {settled, 0}
 end
-local out = {settled, 0}
-local deadline = now + tonumber(ARGV[3])
-local consumer = ARGV[4]
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local job = prefix .. id
-  local meta = redis.call('HMGET', job, 'msg', 'ready', 'enq')
-  if meta[1] then
-    local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
-    redis.call('HSET', job, 'state', 'active', 'consumer', consumer,
-      'lease', consumer .. '/' .. deliveries, 'leased_at', now)
-    redis.call('ZADD', KEYS[2], deadline, id)
-    out[#out + 1] = id
-    out[#out + 1] = meta[1]
-    out[#out + 1] = deliveries
-    out[#out + 1] = meta[2] or now
-    out[#out + 1] = meta[3] or now
-    out[2] = out[2] + 1
-  end
+local id = popped[1]
+local job = prefix .. id
+local meta = redis.call('HMGET', job, 'msg', 'ready', 'enq', 'prio')
+if not meta[1] then
+  return {settled, 0}  -- a set member without its hash: nothing to run
 end
-return out
+local consumer = ARGV[4]
+local token = consumer .. '/' .. redis.call('HINCRBY', job, 'leases', 1)
+local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
+redis.call('HSET', job, 'state', 'active', 'consumer', consumer, 'lease', token,
+  'leased_at', now)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
+return {settled, 1, id, meta[1], deliveries, meta[2] or meta[3] or now, meta[3] or now, token,
+  meta[4] or 3}

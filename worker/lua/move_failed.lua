@@ -2,8 +2,7 @@
 -- KEYS: failed, waiting, seq, wake
 -- ARGV: limit, job key prefix, ids... (no ids: the oldest `limit` failed jobs)
 -- Returns the number moved.
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local now = now_ms()
 local ids
 if #ARGV > 2 then
   ids = {}
@@ -16,13 +15,13 @@ for _, id in ipairs(ids) do
   local job = ARGV[2] .. id
   if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HEXISTS', job, 'msg') == 1 then
     local prio = tonumber(redis.call('HGET', job, 'prio') or '3')
-    local score = (10 - prio) * 100000000000000 + redis.call('INCR', KEYS[3])
+    local seq = redis.call('INCR', KEYS[3])
+    local score = waiting_score(prio, seq)
     redis.call('ZADD', KEYS[2], score, id)
-    redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'score', score, 'deliveries', 0)
+    redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'seq', seq, 'deliveries', 0)
     redis.call('HINCRBY', job, 'manual_retries', 1)
-    redis.call('RPUSH', KEYS[4], 1)
     moved = moved + 1
   end
 end
-if moved > 0 then redis.call('LTRIM', KEYS[4], -256, -1) end
+wake(KEYS[4], moved)
 return moved

@@ -3,8 +3,7 @@
 -- KEYS: delayed, waiting, seq, wake
 -- ARGV: limit, job key prefix, ids...
 -- Returns the number promoted.
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local now = now_ms()
 local ids
 if #ARGV > 2 then
   ids = {}
@@ -17,11 +16,11 @@ end
 for _, id in ipairs(ids) do
   local job = ARGV[2] .. id
   local prio = tonumber(redis.call('HGET', job, 'prio') or '3')
-  local score = (10 - prio) * 100000000000000 + redis.call('INCR', KEYS[3])
+  local seq = redis.call('INCR', KEYS[3])
+  local score = waiting_score(prio, seq)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZADD', KEYS[2], score, id)
-  redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'score', score)
-  redis.call('RPUSH', KEYS[4], 1)
+  redis.call('HSET', job, 'state', 'waiting', 'ready', now, 'seq', seq)
 end
-if #ids > 0 then redis.call('LTRIM', KEYS[4], -256, -1) end
+wake(KEYS[4], #ids)
 return #ids

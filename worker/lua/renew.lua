@@ -1,17 +1,17 @@
--- Extend the leases this consumer still holds.
+-- Extend the leases this consumer is still working on.
 -- KEYS: active
--- ARGV: lease_ms, job key prefix, then pairs of (id, lease)
--- Returns the ids whose lease was lost (reaped and given to another consumer).
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+-- ARGV: lease_ms, job key prefix, then pairs of (id, token)
+-- Returns {now_ms, lost ids...}: Redis' clock (workers measure their own clock's offset
+-- with it) and the ids whose lease was lost (reaped and given to another consumer).
+local now = now_ms()
 local deadline = now + tonumber(ARGV[1])
-local lost = {}
+local out = {now}
 for i = 3, #ARGV, 2 do
-  local id, lease = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', ARGV[2] .. id, 'lease') == lease then
+  local id, token = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', ARGV[2] .. id, 'lease') == token then
     redis.call('ZADD', KEYS[1], 'XX', deadline, id)
   else
-    lost[#lost + 1] = id
+    out[#out + 1] = id
   end
 end
-return lost
+return out

@@ -1,7 +1,7 @@
 """The world outside the fleet, run by the verifier on the CI host: what the fleet's
 inventory (inventories/molecule/group_vars/all/molecule.yml) points at.
 
-- the account aggregator the sync queue calls (the app's fake, with the fleet's client id);
+- the account aggregator the sync queue calls (the app's fake, with the fleet's credentials);
 - the SMTP relay, a sink keeping every message (the email queue and Alertmanager send here);
 - the receiver of Alertmanager's webhook, keeping every notification.
 
@@ -12,20 +12,21 @@ listens on that address only, on the port the inventory names.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from email import message_from_bytes
 from email.policy import default as default_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
-REPO = Path(__file__).resolve().parents[4]
 AGGREGATOR_PORT = 18900
 SMTP_PORT = 18025
 ALERT_WEBHOOK_PORT = 18093
+# The fleet's aggregator credentials (inventories/molecule: clarity_aggregator.client_id and
+# vault_aggregator_client_secret).
+AGGREGATOR_CLIENT_ID = "clarity-test"
+AGGREGATOR_CLIENT_SECRET = "clarity-test-secret-0123456789"
 
 
 def wait_for(predicate, timeout, interval=1.0, message="condition"):
@@ -100,44 +101,28 @@ class AlertReceiver:
 
 
 class Aggregator:
-    """The app's fake aggregator (tests/fakes/aggregator_server.py) on the fleet's address.
-
-    Every user login gets deterministic accounts, holdings and transactions
-    (DataSet.generate): users are added as the tests name them.
-    """
+    """The app's fake aggregator (app.devstack.fake_aggregator, from the verifier's venv) with
+    the fleet's client credentials, answering every user login with deterministic accounts,
+    holdings and transactions (the same server as `python -m app.devstack.fake_aggregator`)."""
 
     def __init__(self, address: str, port: int):
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))
-        from tests.fakes import aggregator_server
+        from app.devstack.fake_aggregator import DataSet, FakeAggregator
 
-        self.module = aggregator_server
-        self.fake = aggregator_server.FakeAggregator()
-        fake = self.fake
+        self._dataset = DataSet
+        self.fake = FakeAggregator(host=address, port=port, client_id=AGGREGATOR_CLIENT_ID,
+                                   client_secret=AGGREGATOR_CLIENT_SECRET, any_user=True)
 
-        class Handler(aggregator_server._Handler):
-            aggregator = fake
-
-        self._server = ThreadingHTTPServer((address, port), Handler)
-        self._server.daemon_threads = True
-
-    def add_users(self, *user_ids: int) -> None:
-        for user_id in user_ids:
-            self.fake.add_user(str(user_id))
-
-    def accounts_of(self, user_id: int) -> int:
-        return len(self.fake.users[str(user_id)].accounts)
-
-    def holdings_of(self, user_id: int) -> int:
-        return sum(len(h) for h in self.fake.users[str(user_id)].holdings.values())
+    def expected(self, user_id: int) -> tuple[int, int]:
+        """(accounts, holdings) the aggregator answers for the user."""
+        data = self._dataset.generate(str(user_id))
+        return len(data.accounts), sum(len(h) for h in data.holdings.values())
 
     def start(self):
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.fake.start()
         return self
 
     def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
+        self.fake.stop()
 
 
 class Outside:

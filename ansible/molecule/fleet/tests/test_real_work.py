@@ -45,9 +45,8 @@ def synced_accounts(redis1, user_id: int) -> tuple[int, int]:
 
 def test_a_sync_job_writes_the_aggregators_data_to_the_fleets_database(admin1, redis1, outside):
     user = new_user()
-    outside.aggregator.add_users(user)
     enqueue_and_wait(admin1, "sync", "sync_user", {"user_id": user, "sync_type": "MANUAL"})
-    expected = (outside.aggregator.accounts_of(user), outside.aggregator.holdings_of(user))
+    expected = outside.aggregator.expected(user)
     assert expected[0] > 0
     assert synced_accounts(redis1, user) == expected
     [[status]] = psql(redis1, f"SELECT status FROM sync_log WHERE user_id = {user} "
@@ -66,7 +65,6 @@ def test_an_email_job_is_delivered_through_the_smtp_relay(admin1, redis1, outsid
 
 def test_a_provider_webhook_through_nginx_becomes_a_sync(admin1, redis1, outside):
     user = new_user()
-    outside.aggregator.add_users(user)
     event_id = f"evt-{time.time_ns()}"
     body = json.dumps({"event": "DATA_UPDATES", "id": event_id, "user_id": user})
     timestamp = str(int(time.time()))
@@ -118,7 +116,6 @@ def test_cleanup_takes_one_lock_in_the_fleets_database(admin1, redis1):
 
 def test_the_legacy_poller_drains_the_legacy_table(redis1, outside):
     user = new_user()
-    outside.aggregator.add_users(user)
     psql(redis1, "INSERT INTO queued_sync (user_id, sync_type, status, scheduled_at, "
                  f"created_at, updated_at) VALUES ({user}, 'SCHEDULED', 'pending', now(), "
                  "now(), now())")

@@ -1,0 +1,124 @@
+"""A Redis primary, its replicas and three sentinels on loopback: real redis-server processes
+from redis/redis.conf, for the failover tests and bench/.
+
+The nodes keep the production settings that matter to a failover: a password (and
+`masterauth`, so that a demoted primary can follow the new one), CONFIG renamed (and the
+sentinels told the new name), AOF on."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import redis
+
+from app.devstack.processes import Child, free_port, real_clock_env, tail
+from app.devstack.redis_server import PASSWORD, RedisServer
+
+MASTER = "clarity"
+CONFIG_COMMAND = "CLARITY_CONFIG_b3f1c9"  # as renamed in redis/redis.conf
+
+
+class SentinelGroup:
+    def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3,
+                 master: str = MASTER, password: str = PASSWORD, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 5000, extra: tuple[str, ...] = ()):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.master = master
+        self.password = password
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        # No delay before a full sync (production keeps Redis' default of 5 s).
+        auth = ("--masterauth", password, "--repl-diskless-sync-delay", "0", *extra)
+        self.nodes = [RedisServer(self.dir / "node0", password=password, extra=auth)]
+        self.nodes += [RedisServer(self.dir / f"node{i + 1}", password=password, extra=auth)
+                       for i in range(replicas)]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinels: list[Child] = []
+
+    # -- life -----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> SentinelGroup:
+        primary, *replicas = self.nodes
+        primary.start()
+        for node in replicas:
+            node.extra = (*node.extra, "--replicaof", "127.0.0.1", str(primary.port))
+            node.start()
+        for port in self.sentinel_ports:
+            self._start_sentinel(port, primary.port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                seen = self.sentinel_client(self.sentinel_ports[0]).sentinel_slaves(self.master)
+                info = primary.client(socket_timeout=2).info("replication")
+                online = [k for k, v in info.items()
+                          if k.startswith("slave") and isinstance(v, dict)
+                          and v.get("state") == "online"]
+                if len(seen) == len(replicas) == len(online):
+                    return self
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{len(replicas)} replica(s) not in sync and seen by the sentinels "
+                           f"within {timeout}s")
+
+    def _start_sentinel(self, port: int, primary_port: int) -> None:
+        conf = self.dir / f"sentinel-{port}.conf"  # sentinels rewrite their file: ours alone
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {self.dir.resolve()}\n"
+            f"sentinel monitor {self.master} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel auth-pass {self.master} {self.password}\n"
+            f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.master} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.master} 1\n"
+            f"sentinel rename-command {self.master} CONFIG {CONFIG_COMMAND}\n")
+        child = Child(f"sentinel {port}", ["redis-server", str(conf), "--sentinel"],
+                      self.dir / f"sentinel-{port}.log", real_clock_env()).start()
+        self.sentinels.append(child)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and child.alive:
+            try:
+                if self.sentinel_client(port).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"sentinel on port {port} did not start:\n{tail(child.log)}")
+
+    def stop(self) -> None:
+        for child in self.sentinels:
+            child.stop(signal.SIGTERM, timeout=10)
+        for node in self.nodes:
+            node.stop()
+
+    # -- looking --------------------------------------------------------------------------
+
+    def sentinel_client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+
+    def primary_port(self) -> int | None:
+        """The primary the sentinels name now (None while they cannot say)."""
+        for port in self.sentinel_ports:
+            try:
+                _host, found = self.sentinel_client(port).sentinel_get_master_addr_by_name(
+                    self.master)
+                return int(found)
+            except (redis.RedisError, TypeError):
+                continue
+        return None
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def role(self, node: RedisServer) -> str | None:
+        try:
+            return node.client(socket_timeout=2).info("replication")["role"]
+        except redis.RedisError:
+            return None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
+                "REDIS_SENTINEL_MASTER": self.master, "REDIS_PASSWORD": self.password,
+                "REDIS_DB": "0"}

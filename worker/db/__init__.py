@@ -1,5 +1,0 @@
-"""The app database: tables (`schema`), engine (`engine`), migrations (`migrate`, `cli`)."""
-
-from worker.db.engine import get_engine, reset_engines
-
-__all__ = ["get_engine", "reset_engines"]
