@@ -8,6 +8,7 @@ Nobody touches the workers in between.
 """
 
 import json
+import shlex
 import threading
 import time
 
@@ -16,6 +17,13 @@ from conftest import http_once, podman_host
 from fleet import enqueue_and_wait, outside_world, wait_for
 
 REDIS_LATE_SECONDS = 120
+# The sync worker's /health status from its host (0: nothing answers).
+HEALTH_STATUS = (
+    "import urllib.error, urllib.request\n"
+    "try:\n    print(urllib.request.urlopen('http://127.0.0.1:9101/health', timeout=3).status)\n"
+    "except urllib.error.HTTPError as exc:\n    print(exc.code)\n"
+    "except OSError:\n    print(0)\n"
+)
 RESTARTED = {"worker1": ["sync", "webhook", "cleanup"], "worker2": ["cleanup"]}
 
 
@@ -48,18 +56,26 @@ def outage():
     assert worker2.run("systemctl stop clarity-worker@email").rc == 0
 
     samples: list[dict] = []
+    health: list[int] = []
     done = threading.Event()
+
+    def redis_down():
+        return redis1.run("systemctl is-active redis-server").stdout.strip() != "active"
 
     def sample():  # what the workers do while Redis is away, every few seconds
         while not done.is_set():
             for name, queues in RESTARTED.items():
                 samples.append(worker_states(hosts[name], queues))
+            if redis_down():
+                probe = worker1.run(f"python3 -c {shlex.quote(HEALTH_STATUS)}")
+                if redis_down():  # still down after the probe: the answer counts
+                    health.append(int(probe.stdout.strip() or 0))
             done.wait(3)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    yield {"started": started, "samples": samples, "outside": outside, "done": done,
-           "redis1": redis1}
+    yield {"started": started, "samples": samples, "health": health, "outside": outside,
+           "done": done, "redis1": redis1}
     done.set()
     sampler.join()
     worker2.run("systemctl start clarity-worker@email")
@@ -99,6 +115,8 @@ def test_workers_started_before_redis_run_jobs_once_it_comes(outage):
     states = [s for sample in outage["samples"] for s in sample.values()]
     assert states, "no samples of the workers' states"
     assert "failed" not in states, states
+    # While Redis was away the sync worker ran and said why it could not work.
+    assert 503 in outage["health"] and 200 not in outage["health"], outage["health"]
     status, _, body = http_once(worker1, "http://127.0.0.1:9101/health")
     assert status == 200, body
     assert json.loads(body)["status"] == "ok"
