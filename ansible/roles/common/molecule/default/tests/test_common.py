@@ -55,13 +55,15 @@ def test_firewall_ruleset_is_loaded_and_drops_by_default(host):
 
 def test_firewall_rules_take_groups_and_ipv6_peers(host):
     """The monitoring group's member is reached on IPv6 (see converge.yml): its rules are ip6
-    rules; SSH sources mix a group name, an IPv4 and an IPv6 network."""
+    rules; SSH sources mix a group name, an IPv4 and an IPv6 network, and a group the
+    inventory does not have (no rule: the port stays closed to it)."""
     ruleset = host.file("/etc/nftables.conf")
     assert ruleset.contains(r'^ *ip6 saddr { 2001:db8:c1a::10 } tcp dport 9090 accept comment "prometheus"$')
     assert not ruleset.contains('ip saddr { 2001:db8')
     assert ruleset.contains(r'^ *ip saddr { 192.0.2.0/24 } tcp dport 22 accept comment "ssh"$')
     assert ruleset.contains(
         r'^ *ip6 saddr { 2001:db8:c1a::10, 2001:db8:ff::/48 } tcp dport 22 accept comment "ssh"$')
+    assert not ruleset.contains("bastions")
     loaded = host.run("nft list chain inet filter input").stdout
     assert "ip6 saddr 2001:db8:c1a::10 tcp dport 9090 accept" in loaded
     assert "ip saddr 192.0.2.0/24 tcp dport 22 accept" in loaded
