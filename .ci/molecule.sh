@@ -31,8 +31,9 @@ IMAGE_PACKAGES="systemd,systemd-sysv,dbus,python3,sudo,iproute2,procps"
 # apt installs need no download and no shared cache (one shared /var/cache/apt/archives
 # would serialise every container's apt run on its lock).
 PRESEED_PACKAGES="ca-certificates nftables systemd-timesyncd python3-apt redis-server redis-tools cron
-prometheus-redis-exporter prometheus-node-exporter python3-venv nginx openssl prometheus"
-ROLE_SCENARIOS=(common redis clarity_worker clarity_admin nginx monitoring)
+prometheus-redis-exporter prometheus-node-exporter python3-venv nginx openssl prometheus
+postgresql python3-psycopg2 prometheus-alertmanager prometheus-blackbox-exporter"
+ROLE_SCENARIOS=(common redis postgresql clarity_worker clarity_admin nginx monitoring)
 
 log() { printf '\n=== %s  %s\n' "$(date +%T)" "$*"; }
 timings=()
@@ -158,12 +159,15 @@ vm_scenario() {  # `molecule test -s vm`: fails, saying why, if qemu cannot boot
 }
 
 fleet_step() {  # fleet_step ACTION: one step of the fleet scenario, logged to fleet-ACTION.log
-    (cd "$ROOT/ansible" && timeout 1200 molecule -c molecule/base.yml "$1" -s fleet) \
+    (cd "$ROOT/ansible" && timeout 2400 molecule -c molecule/base.yml "$1" -s fleet) \
         > "$LOGS/fleet-$1.log" 2>&1
 }
 
 fleet() {
     local rc=0 changed step
+    # The verifier writes the figures it measures (rolling release, rollback...) here.
+    export CLARITY_FLEET_REPORT="$LOGS/fleet-report.txt"
+    : > "$CLARITY_FLEET_REPORT"
     for step in destroy create converge idempotence verify; do
         timed "fleet: $step" fleet_step "$step" || { rc=$?; break; }
     done
@@ -180,6 +184,7 @@ fleet() {
             | grep -oE 'changed=[0-9]+' | awk -F= '{n += $2} END {print n + 0}')
         timings+=("fleet: second site.yml run changed count = $changed")
     fi
+    while IFS= read -r line; do timings+=("fleet: $line"); done < "$CLARITY_FLEET_REPORT"
     return "$rc"
 }
 

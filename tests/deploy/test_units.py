@@ -12,7 +12,7 @@ import pytest
 from worker.settings import Settings
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
-VENV_BIN = "/opt/clarity/venv/bin/"
+VENV_BIN = "/opt/clarity/current/bin/"
 
 
 def _unit(name: str) -> configparser.ConfigParser:
@@ -28,7 +28,8 @@ def _seconds(value: str) -> float:
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
 @pytest.mark.parametrize(
-    "name", ["clarity-worker@.service", "clarity-admin.service", "clarity-redis-thp.service"]
+    "name", ["clarity-worker@.service", "clarity-admin.service", "clarity-redis-thp.service",
+             "clarity-legacy-poller.service", "clarity-address-online@.service"]
 )
 def test_unit_passes_systemd_analyze_verify(name, tmp_path):
     # The venv exists only on deployed hosts (the Molecule verifiers check the real thing
@@ -65,7 +66,7 @@ def test_worker_reads_the_shared_and_per_queue_env_files_as_clarity():
     text = (UNITS / "clarity-worker@.service").read_text()
     assert "EnvironmentFile=/etc/clarity/worker.env\n" in text
     assert "EnvironmentFile=/etc/clarity/worker-%i.env\n" in text
-    assert "ExecStart=/opt/clarity/venv/bin/clarity worker --queue %i\n" in text
+    assert "ExecStart=/opt/clarity/current/bin/clarity worker --queue %i\n" in text
     assert "User=clarity\n" in text
     assert "NoNewPrivileges=yes\n" in text
     assert "ProtectSystem=strict\n" in text

@@ -1,4 +1,5 @@
-"""site.yml's fleet: jobs cross hosts, Redis is shared and closed, monitoring sees everyone."""
+"""site.yml's fleet: jobs cross hosts, Redis and PostgreSQL are shared and closed, units are
+set up to heal themselves, monitoring sees everyone and Alertmanager knows whom to tell."""
 
 import json
 import shlex
@@ -10,7 +11,7 @@ from conftest import http, http_once, podman_host
 KEY = "molecule-admin-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ADMIN_ENV = "set -a && . /etc/clarity/admin.env && set +a && "
-CLARITY = "/opt/clarity/venv/bin/clarity"
+CLARITY = "/opt/clarity/current/bin/clarity"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_redis_is_shared_on_the_private_network_and_refuses_strangers(redis1, wo
         "    print('refused' if 'NOAUTH' in str(exc) else f'error {exc}')\n"
         "else:\n    print('accepted')\n"
     )
-    result = worker1.run(f"/opt/clarity/venv/bin/python -c {shlex.quote(probe)}")
+    result = worker1.run(f"/opt/clarity/current/bin/python -c {shlex.quote(probe)}")
     assert result.stdout.strip() == "refused", result.stdout + result.stderr
 
 
@@ -120,8 +121,89 @@ def test_prometheus_shows_every_target_up(admin1):
             if t["health"] != "up"
         )
         jobs = {t["labels"]["job"] for t in targets}
-        if not down and {"node", "redis", "clarity_worker", "clarity_admin"} <= jobs:
+        expected = {"node", "redis", "clarity_worker", "clarity_admin", "clarity_admin_https",
+                    "alertmanager"}
+        if not down and expected <= jobs:
             break
         assert time.monotonic() < deadline, down
         time.sleep(3)
     assert len([t for t in targets if t["labels"]["job"] == "node"]) == 4
+
+
+def test_prometheus_sends_alerts_to_alertmanager_with_both_receivers(admin1):
+    status, _, body = http_once(admin1, "http://127.0.0.1:9090/api/v1/alertmanagers")
+    assert status == 200, body
+    active = json.loads(body)["data"]["activeAlertmanagers"]
+    assert [a["url"] for a in active] == ["http://localhost:9093/api/v2/alerts"]
+    status, _, body = http_once(admin1, "http://127.0.0.1:9093/api/v2/status")
+    assert status == 200, body
+    config = json.loads(body)["config"]["original"]
+    assert "email_configs" in config and "webhook_configs" in config
+    assert admin1.run("amtool check-config /etc/prometheus/alertmanager.yml").rc == 0
+
+
+def test_each_app_host_runs_the_current_release_from_its_own_venv(worker1, worker2, admin1):
+    releases = set()
+    for host in (worker1, worker2, admin1):
+        link = host.file("/opt/clarity/current")
+        assert link.is_symlink
+        target = link.linked_to
+        assert target.startswith("/opt/clarity/releases/"), target
+        assert host.file(f"{target}/.clarity-release").contains("^digest=")
+        assert not host.file("/opt/clarity/venv").exists
+        releases.add(target)
+    assert len(releases) == 1, releases
+
+
+def test_the_app_database_is_the_fleets_postgresql(redis1, worker1, admin1):
+    url = f"postgresql+psycopg://clarity:molecule-postgresql-password-0123456789abcdef@{address(redis1)}:5432/clarity"
+    assert worker1.file("/etc/clarity/worker.env").contains(f"^DATABASE_URL={url}$")
+    assert admin1.file("/etc/clarity/admin.env").contains(f"^DATABASE_URL={url}$")
+    result = worker1.run("systemd-run --wait --pipe --quiet -p EnvironmentFile=/etc/clarity/worker.env "
+                         f"-p User=clarity {CLARITY} db current --check")
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "up to date" in result.stdout
+
+
+def test_worker_units_never_stop_restarting_and_take_their_limits_from_the_inventory(worker1,
+                                                                                      worker2):
+    def show(host, unit, *props):
+        out = host.run(f"systemctl show -p {','.join(props)} {unit}").stdout
+        return dict(line.split("=", 1) for line in out.splitlines())
+
+    sync = show(worker1, "clarity-worker@sync", "StartLimitIntervalUSec", "MemoryMax", "OOMPolicy")
+    assert sync == {"StartLimitIntervalUSec": "0", "MemoryMax": "infinity", "OOMPolicy": "stop"}
+    email = show(worker2, "clarity-worker@email", "MemoryMax", "OOMPolicy")
+    assert email == {"MemoryMax": str(768 * 1024 * 1024), "OOMPolicy": "kill"}
+
+
+def test_process_mode_workers_keep_their_metrics_in_their_runtime_directory(worker1):
+    env = worker1.file("/etc/clarity/worker-webhook.env")
+    assert env.contains("^WORKER_PROCESSES=true$")
+    assert env.contains("^PROMETHEUS_MULTIPROC_DIR=/run/clarity-worker-webhook/prometheus$")
+    assert not worker1.file("/etc/clarity/worker-sync.env").contains("PROMETHEUS_MULTIPROC_DIR")
+    assert worker1.file("/run/clarity-worker-webhook/prometheus").is_directory
+    status, _, body = http_once(worker1, "http://127.0.0.1:9104/metrics")
+    assert status == 200
+    assert "clarity_worker_up" in body
+
+
+def test_the_legacy_poller_runs_where_the_inventory_enables_it(worker1, worker2):
+    assert worker1.service("clarity-legacy-poller").is_running
+    assert worker1.service("clarity-legacy-poller").is_enabled
+    assert not worker2.service("clarity-legacy-poller").is_running
+    assert not worker2.service("clarity-legacy-poller").is_enabled
+
+
+@pytest.mark.parametrize("unit", ["redis-server", "postgresql@15-main"])
+def test_services_binding_the_private_address_wait_for_it(redis1, unit):
+    waiter = f"clarity-address-online@{address(redis1)}.service"
+    after = redis1.run(f"systemctl show -p After,Wants,StartLimitIntervalUSec {unit}").stdout
+    assert waiter in after.split("After=", 1)[1].splitlines()[0]
+    assert "StartLimitIntervalUSec=0" in after
+    assert redis1.service(waiter).is_running  # active (exited): the address is up
+
+
+def test_time_sync_is_timesyncd_where_no_other_daemon_keeps_time(redis1):
+    assert redis1.package("systemd-timesyncd").is_installed
+    assert redis1.file("/etc/systemd/timesyncd.conf.d/90-clarity.conf").exists

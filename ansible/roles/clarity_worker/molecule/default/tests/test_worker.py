@@ -5,7 +5,7 @@ import json
 import pytest
 
 ENV = "set -a && . /etc/clarity/worker.env && set +a && "
-CLARITY = "/opt/clarity/venv/bin/clarity"
+CLARITY = "/opt/clarity/current/bin/clarity"
 
 
 @pytest.mark.parametrize("queue", ["sync", "email"])
@@ -66,7 +66,11 @@ def test_reload_restarts_the_consumer_in_place_and_stop_is_graceful(host):
     assert host.run(f"systemctl start {unit}").rc == 0
 
 
-def test_app_is_installed_from_the_wheelhouse_without_an_index(host):
-    pip = host.run("/opt/clarity/venv/bin/pip show clarity-jobs")
-    assert pip.rc == 0
-    assert host.file("/opt/clarity/venv/.wheelhouse").exists
+def test_app_is_installed_from_the_wheelhouse_without_an_index_as_a_release(host):
+    current = host.file("/opt/clarity/current")
+    assert current.is_symlink
+    release = current.linked_to
+    assert release.startswith("/opt/clarity/releases/")
+    assert host.run(f"{release}/bin/pip show clarity-jobs").rc == 0
+    marker = host.file(f"{release}/.clarity-release")
+    assert marker.contains("^version=") and marker.contains("^digest=")

@@ -29,3 +29,42 @@ def test_prometheus_shows_its_targets_up(host):
             break
         assert time.monotonic() < deadline, health
         time.sleep(2)
+
+
+def test_alertmanager_runs_with_a_config_amtool_accepts(host):
+    assert host.service("prometheus-alertmanager").is_running
+    check = host.run("amtool check-config /etc/prometheus/alertmanager.yml")
+    assert check.rc == 0, check.stdout + check.stderr
+    config = host.file("/etc/prometheus/alertmanager.yml")
+    assert (config.user, config.group, config.mode) == ("root", "prometheus", 0o640)
+    # The receivers of the inventory: email through the relay and a webhook.
+    assert config.contains("email_configs:") and config.contains("webhook_configs:")
+    assert config.contains('to: "ops@clarity.test"')
+    # One Alertmanager, no gossip port.
+    assert not host.socket("tcp://0.0.0.0:9094").is_listening
+
+
+def test_prometheus_sends_alerts_to_alertmanager(host):
+    deadline = time.monotonic() + 60
+    while True:
+        status, _, body = http_once(host, "http://127.0.0.1:9090/api/v1/alertmanagers")
+        active = json.loads(body)["data"]["activeAlertmanagers"] if status == 200 else []
+        if active:
+            break
+        assert time.monotonic() < deadline, body
+        time.sleep(2)
+    assert [a["url"] for a in active] == ["http://localhost:9093/api/v2/alerts"]
+
+
+def test_prometheus_loads_every_alert_rule(host):
+    status, _, body = http_once(host, "http://127.0.0.1:9090/api/v1/rules")
+    assert status == 200
+    names = {r["name"] for g in json.loads(body)["data"]["groups"] for r in g["rules"]}
+    assert {"ClarityNodeDown", "ClarityAdminDown", "ClarityBackupMissing",
+            "ClarityRedisPersistenceFailing", "ClarityClockDrift"} <= names
+
+
+def test_blackbox_exporter_listens_on_localhost_only(host):
+    assert host.service("prometheus-blackbox-exporter").is_running
+    assert host.socket("tcp://127.0.0.1:9115").is_listening
+    assert not host.socket("tcp://0.0.0.0:9115").is_listening

@@ -97,3 +97,12 @@ def test_redis_exporter_serves_metrics(host):
         "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9121/metrics').read().decode())\""
     )
     assert "redis_up 1" in out.stdout
+
+
+def test_redis_waits_for_its_private_address_and_never_stays_failed(host):
+    address = host.run("ip -4 -o route get 1.1.1.1").stdout.split("src ")[1].split()[0]
+    show = host.run("systemctl show -p After,StartLimitIntervalUSec,Restart redis-server").stdout
+    assert f"clarity-address-online@{address}.service" in show
+    assert "StartLimitIntervalUSec=0" in show
+    assert "Restart=always" in show
+    assert host.service(f"clarity-address-online@{address}").is_running
