@@ -80,6 +80,7 @@ class JobMetrics:
         from prometheus_client import Counter, Gauge, Histogram
 
         labels = ["queue", "task"]
+        self._children: dict[tuple[str, str, str], tuple] = {}  # bounded like the labels
         self.completed = Counter("clarity_jobs_completed", "Jobs that completed successfully",
                                  labels, registry=registry)
         self.failed = Counter("clarity_jobs_failed", "Jobs that failed for good (moved to the "
@@ -120,15 +121,22 @@ class JobMetrics:
 
     def job_finished(self, job, outcome: str, duration: float, wait: float) -> None:
         self.active.dec()
-        counter = OUTCOME_COUNTERS.get(outcome)
-        if counter is not None:
-            getattr(self, counter).labels(job.queue, job.task).inc()
-        else:
-            self.other.labels(job.queue, job.task, outcome).inc()
+        # The labelled children of a (queue, task, outcome) are looked up once: `labels()`
+        # takes a lock and builds a tuple, on every job otherwise.
+        key = (job.queue, job.task, outcome)
+        children = self._children.get(key)
+        if children is None:
+            counter = OUTCOME_COUNTERS.get(outcome)
+            children = self._children[key] = (
+                getattr(self, counter).labels(job.queue, job.task) if counter else
+                self.other.labels(job.queue, job.task, outcome),
+                self.duration.labels(job.queue, job.task), self.wait.labels(job.queue))
+        count, duration_child, wait_child = children
+        count.inc()
         if job.deliveries > 1:
             self.redelivered.labels(job.queue, job.task).inc()
-        self.duration.labels(job.queue, job.task).observe(max(0.0, duration))
-        self.wait.labels(job.queue).observe(max(0.0, wait))
+        duration_child.observe(max(0.0, duration))
+        wait_child.observe(max(0.0, wait))
 
     def bad_message(self, queue: str, task: str, reason: str) -> None:
         self.bad_messages.labels(queue, task or "?", reason.replace(" ", "_")).inc()

@@ -124,17 +124,13 @@ class ReliableRedisStorage(PriorityRedisStorage):
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
         self._thread = threading.local()  # .next: a lease fetched by this thread's settle
-        reg = self.conn.register_script
-        self._enqueue = reg(scripts.source("enqueue"))
-        self._lease = reg(scripts.source("lease"))
-        self._renew = reg(scripts.source("renew"))
-        self._reap = reg(scripts.source("reap"))
-        self._promote = reg(scripts.source("promote"))
-        self._move_failed = reg(scripts.source("move_failed"))
-        self._remove = reg(scripts.source("remove"))
-        self._expired = reg(scripts.source("expired"))
-        self._prune_failed = reg(scripts.source("prune_failed"))
-        self._resign = reg(scripts.source("resign"))
+        def load(script):
+            return scripts.FastScript(self.conn, scripts.source(script))
+
+        self._enqueue, self._lease, self._renew = load("enqueue"), load("lease"), load("renew")
+        self._reap, self._promote, self._remove = load("reap"), load("promote"), load("remove")
+        self._move_failed, self._expired = load("move_failed"), load("expired")
+        self._prune_failed, self._resign = load("prune_failed"), load("resign")
 
     # -- enqueue -------------------------------------------------------------------------
 
