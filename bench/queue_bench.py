@@ -1,10 +1,12 @@
 """Clarity queue core vs plain Huey (PriorityRedisHuey), same machine, same Redis, same run.
 
-    .venv/bin/python -m bench.queue_bench [--jobs 20000] [--rate 200] [--seconds 10]
+    .venv/bin/python -m bench.queue_bench [--jobs 20000] [--rate 200] [--seconds 10] [--runs 3]
 
 Measures, for both: single-producer enqueue rate, drain rate with 2 worker processes, pickup
 latency p50/p99 at a steady rate, and Redis round trips (commands seen by MONITOR) per job
-for enqueue and for lease+ack; plus our bulk enqueue rate. Prints ratios ours/Huey.
+for enqueue and for lease+ack; plus our bulk enqueue rate and the CPU per enqueued job (this
+process's and Redis's, which barely move with the machine's load). Prints ratios ours/Huey,
+medians of --runs runs.
 """
 
 from __future__ import annotations
@@ -142,11 +144,23 @@ class PlainHuey:
         return start_huey(env)
 
 
-def measure_enqueue(system, n):
-    t = time.perf_counter()
+def redis_cpu(client) -> float:
+    info = client.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+def measure_enqueue(system, n, client):
+    """Jobs/s, and the CPU microseconds per job spent by this process and by Redis: CPU
+    time barely moves with the machine's load, where jobs/s does."""
+    for i in range(200):  # warm: connections made, code paths run once
+        system.enqueue_one(i)
+    cpu0, server0, t = time.process_time(), redis_cpu(client), time.perf_counter()
     for i in range(n):
         system.enqueue_one(i)
-    return n / (time.perf_counter() - t)
+    elapsed = time.perf_counter() - t
+    return {"per_s": n / elapsed,
+            "client_cpu_us": (time.process_time() - cpu0) / n * 1e6,
+            "redis_cpu_us": (redis_cpu(client) - server0) / n * 1e6}
 
 
 def measure_drain(system, env, n):
@@ -231,6 +245,8 @@ def main():
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--rate", type=int, default=200, help="jobs/s for the latency test")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--runs", type=int, default=3,
+                        help="repeat enqueue, drain and latency this often; medians reported")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -240,15 +256,29 @@ def main():
         os.environ.update(env)
         client = server.client()
         ours, huey = Ours(server), PlainHuey(server)
-        results = {"jobs": args.jobs}
-        for system in (huey, ours):
-            print(f"[{system.name}] enqueue {args.jobs} jobs, one at a time...", flush=True)
-            results[f"{system.name}_enqueue_per_s"] = measure_enqueue(system, args.jobs)
-            print(f"[{system.name}] drain with 2 worker processes...", flush=True)
-            results[f"{system.name}_drain_per_s"] = measure_drain(system, env, args.jobs)
-            print(f"[{system.name}] pickup latency at {args.rate} jobs/s...", flush=True)
-            results[f"{system.name}_latency"] = measure_latency(system, env, client, args.rate,
-                                                                args.seconds)
+        results = {"jobs": args.jobs, "runs": args.runs}
+        raw = collections.defaultdict(list)
+        for run in range(1, args.runs + 1):
+            for system in (huey, ours):
+                name = system.name
+                print(f"[{name} {run}/{args.runs}] enqueue {args.jobs} jobs, one at a time...",
+                      flush=True)
+                for key, value in measure_enqueue(system, args.jobs, client).items():
+                    raw[f"{name}_enqueue_{key}"].append(value)
+                print(f"[{name} {run}/{args.runs}] drain with 2 worker processes...", flush=True)
+                raw[f"{name}_drain_per_s"].append(measure_drain(system, env, args.jobs))
+                print(f"[{name} {run}/{args.runs}] pickup latency at {args.rate} jobs/s...",
+                      flush=True)
+                latency = measure_latency(system, env, client, args.rate, args.seconds)
+                raw[f"{name}_latency_p50_ms"].append(latency["p50_ms"])
+                raw[f"{name}_latency_p99_ms"].append(latency["p99_ms"])
+        # Medians of the runs; every run's figure is kept beside them.
+        for key, values in raw.items():
+            results[key] = statistics.median(values)
+            results[key + "_runs"] = [round(v, 3) for v in values]
+        for name in ("clarity", "huey"):
+            results[f"{name}_latency"] = {"p50_ms": results[f"{name}_latency_p50_ms"],
+                                          "p99_ms": results[f"{name}_latency_p99_ms"]}
         print("[clarity] bulk enqueue...", flush=True)
         results["clarity_bulk_enqueue_per_s"] = ours.bulk(args.jobs)
         ours.manager.clear("sync", "waiting")
@@ -285,7 +315,13 @@ def main():
     for q in ("p50_ms", "p99_ms"):
         a, b = r["clarity_latency"][q], r["huey_latency"][q]
         print(f"{'pickup latency ' + q + ' @' + str(args.rate) + '/s':34}{a:12.2f}{b:12.2f}")
+    for label, key in (("enqueue CPU, client (us/job)", "enqueue_client_cpu_us"),
+                       ("enqueue CPU, Redis (us/job)", "enqueue_redis_cpu_us")):
+        a, b = r[f"clarity_{key}"], r[f"huey_{key}"]
+        print(f"{label:34}{a:12.1f}{b:12.1f}{a / b:8.2f}")
     print(f"{'bulk enqueue (jobs/s)':34}{r['clarity_bulk_enqueue_per_s']:12.0f}")
+    print(f"medians of {args.runs} run(s); load average at the end: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("round trips include enqueue commands in the drain row; idle background traffic "
           "(heartbeats, scheduler) is included in both")
     for key in ("enqueue_round_trips", "drain_round_trips"):

@@ -103,3 +103,23 @@ class FastScript:
             # tokens), which is what redis-py's own retry assumes as well.
             self._local.pinned = None
             return self._script(keys=keys, args=args)
+
+    def after(self, command: tuple, keys=(), args=()):
+        """Send `command` and this script together (one write, one round trip) and return
+        both replies; Redis runs the script once `command` is done, even a blocking one.
+        None when this client has no fast path or the connection failed (the caller then
+        uses a redis-py pipeline); NoScriptError passes through."""
+        if self._pool is None:
+            return None
+        try:
+            conn = self._connection()
+            conn.send_packed_command(
+                [hiredis.pack_command(command),
+                 hiredis.pack_command((*self._head, len(keys), *keys, *args))],
+                check_health=False)
+            first = conn.read_response()
+            return first, conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._local.pinned = None
+            return None
+

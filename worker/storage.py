@@ -254,6 +254,13 @@ class ReliableRedisStorage(PriorityRedisStorage):
         enqueued for an idle worker costs it one round trip, as a plain BZPOPMIN would. A
         token may be stale (another consumer took the job); the lease then finds nothing."""
         keys, args = self._lease_call([], want=True)
+        try:
+            replies = self._lease.after(("BLPOP", self.keys.wake, self.read_timeout), keys, args)
+        except NoScriptError:  # Redis restarted or failed over: load it, lease next time
+            self.conn.script_load(self._lease.script)
+            return None
+        if replies is not None:
+            return self._leased(replies[1], False)
         pipe = self.conn.pipeline(transaction=False)
         pipe.blpop([self.keys.wake], timeout=self.read_timeout)
         pipe.evalsha(self._lease.sha, len(keys), *keys, *args)
