@@ -193,6 +193,7 @@ class HealthService:
 class _Handler(BaseHTTPRequestHandler):
     service: HealthService  # set on the subclass built per server
     server_version = f"clarity-worker/{__version__}"
+    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
 
     def do_GET(self):
         path = self.path.split("?", 1)[0].rstrip("/") or "/"

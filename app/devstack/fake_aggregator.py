@@ -234,6 +234,10 @@ class FakeAggregator:
 class _Handler(BaseHTTPRequestHandler):
     aggregator: FakeAggregator
     protocol_version = "HTTP/1.1"  # keep-alive, as real providers do
+    # Headers and body go out in two writes: with Nagle's algorithm on, the body waits for
+    # the client's delayed ACK of the headers (up to 40 ms per response on Linux), which
+    # made the fake provider, not the sync, the slow part of every sync benchmark.
+    disable_nagle_algorithm = True
 
     def log_message(self, format, *args):
         pass
