@@ -48,7 +48,7 @@ class SmtpSink:
         self._lock = threading.Lock()
         self._controller = Controller(self, hostname=address, port=port)
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server, session, envelope):
         message = message_from_bytes(envelope.original_content or envelope.content,
                                      policy=default_policy)
         with self._lock:
@@ -75,7 +75,7 @@ class AlertReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 receiver.notifications.append(json.loads(body or b"{}"))
                 self.send_response(200)

@@ -1,6 +1,7 @@
 """The postgresql role: Debian's PostgreSQL 15 on the private address, the app's database and
 owner, password logins from the app's hosts only."""
 
+import re
 import shlex
 
 PASSWORD = "molecule-postgresql-password-0123456789abcdef"
@@ -45,8 +46,10 @@ def test_a_wrong_password_is_refused(host):
 
 def test_the_app_hosts_reach_only_the_app_database(host):
     address = private_address(host)
-    hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
-    assert hba.contains(rf"^host +clarity +clarity +{address}/32 +scram-sha-256$")
+    hba = host.file("/etc/postgresql/15/main/pg_hba.conf").content_string
+    # Python's re, not File.contains: that is grep's basic regex, where + is a literal.
+    assert re.search(rf"^host +clarity +clarity +{re.escape(address)}/32 +scram-sha-256$",
+                     hba, re.MULTILINE), hba
     other = host.run(f"PGPASSWORD={PASSWORD} psql -h {address} -U clarity -d postgres -c 'SELECT 1'")
     assert other.rc != 0
     assert "no pg_hba.conf entry" in other.stderr
