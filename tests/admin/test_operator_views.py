@@ -110,6 +110,8 @@ def test_job_view_has_state_times_attempts_and_lease_holder(client, manager):
     body = client.get(f"{URL}?action=job&id={failed_id}", headers=ADMIN).get_json()
     assert body["state"] == "failed" and body["queue"] == "sync" and body["task"] == "record"
     assert body["enqueuedAt"] and body["lastFailedAt"]
+    # When and where it last ran stays after it failed; only the lease itself is gone.
+    assert body["startedAt"] and body["consumer"] and body["leaseHolder"] is None
     (attempt,) = body["history"]
     assert attempt["errorType"] == "TimeoutError" and "bank did not answer" in \
         attempt["traceback"]

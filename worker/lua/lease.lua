@@ -48,7 +48,8 @@ for i = 6, #ARGV, 8 do
       redis.call('HSET', job, 'state', 'failed', 'reason', reason, 'error_type', error_type,
         'error', err, 'traceback', ARGV[i + 6], 'attempts', ARGV[i + 7], 'last_failed', now)
       redis.call('HSETNX', job, 'first_failed', now)
-      redis.call('HDEL', job, 'lease', 'consumer', 'leased_at')
+      -- Only the lease goes: when it last started and where stay for the job page.
+      redis.call('HDEL', job, 'lease')
       redis.call('ZADD', KEYS[3], now, id)
     end
   end

@@ -18,7 +18,7 @@ for _, id in ipairs(expired) do
           (meta[3] or '?') .. '); the worker died or hung while running it',
         'traceback', '', 'attempts', meta[1] or '0', 'last_failed', now)
       redis.call('HSETNX', job, 'first_failed', now)
-      redis.call('HDEL', job, 'lease', 'consumer', 'leased_at')
+      redis.call('HDEL', job, 'lease')  -- when it last started and where stay
       redis.call('ZADD', KEYS[3], now, id)
       abandoned = abandoned + 1
     else
