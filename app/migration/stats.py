@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 
+from app.db.errors import explain_database_error
 from app.dispatch import Counters, stats_key
 from app.migration.config import MigrationSettings, get_migration_settings
 from app.migration.legacy import LegacyStore, Origin, Status
@@ -46,7 +47,9 @@ def migration_stats(router: Router, store: LegacyStore | None, client: redis.Red
         try:
             table = store.counts()
         except Exception as exc:  # noqa: BLE001 - a stats panel must not fail the caller
-            table = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            table = {"error": (explain_database_error(exc) or
+                               f"{type(exc).__name__}: {first}")[:300]}
     out = {
         "enabled": s.enable_queue,
         "mode": mode,

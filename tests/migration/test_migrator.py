@@ -156,3 +156,14 @@ def test_dry_run_counts_and_changes_nothing_then_run_moves_with_a_progress_bar(
     assert len(queued_ids()) == 50
     again = runner.invoke(main, ["migrate", "run"])
     assert "moved 0 rows" in again.output  # resumable: nothing left, nothing repeated
+
+
+def test_status_on_a_database_never_migrated_says_what_to_run(env, configure, redis_server,
+                                                              tmp_path):
+    configure(redis_server, task_modules=TASKS,
+              database_url=f"sqlite:///{tmp_path / 'never-migrated.db'}")
+    result = CliRunner().invoke(main, ["migrate", "status"])
+    assert result.exit_code == 0, result.output
+    assert "legacy table: unavailable" in result.output
+    assert "run `clarity db upgrade`" in result.output
+    assert "[SQL:" not in result.output  # no SQLAlchemy dump
