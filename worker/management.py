@@ -11,6 +11,7 @@ import json
 import time
 
 import redis
+from redis.exceptions import NoScriptError
 
 from worker.messages import peek_job
 from worker.queues import (
@@ -27,6 +28,8 @@ from worker.storage import ReliableRedisStorage
 
 NAMED_PRIORITIES = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW]
 CLEARABLE_STATES = ("waiting", "delayed", "failed")
+# counts.lua's ARGV: the waiting-score band [low, high) of each named priority.
+COUNT_BANDS = [bound for p in NAMED_PRIORITIES for bound in priority_band(p)]
 SUMMARY_CHARS = 200
 MAX_PAGE = 500
 
@@ -56,6 +59,11 @@ def _history(raw) -> list[dict]:
                         "error": e.get("error"), "traceback": e.get("traceback"),
                         "at": _iso_ms(e.get("at"))})
     return out
+
+
+def _pairs(flat) -> dict:
+    """A hash returned from Lua as a flat [name, value, ...] list."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _seconds(redis_time) -> float:
@@ -95,22 +103,33 @@ class QueueManager:
     # -- counts --------------------------------------------------------------------------
 
     def _queue_commands(self, pipe, queue: str):
+        """Queue one counts.lua call for `queue` on `pipe` (its reply: `_queue_counts`)."""
         k = self.keys(queue)
-        for p in NAMED_PRIORITIES:
-            low, high = priority_band(p)
-            pipe.zcount(k.waiting, low, f"({high}")
-        pipe.zcard(k.waiting)
-        pipe.zcard(k.delayed)
-        pipe.zcard(k.active)
-        pipe.zcard(k.failed)
-        pipe.exists(k.paused)
-        # Expired by Redis' clock, not this host's (one clock decides what is due).
-        self.storage(queue)._expired(keys=[k.active], client=pipe)
+        keys = [k.waiting, k.delayed, k.active, k.failed, k.paused, k.workers]
+        # EVALSHA queued as it is: a redis-py Script on a pipeline asks SCRIPT EXISTS first,
+        # one more round trip on every overview. `_execute` loads it when Redis lacks it.
+        pipe.evalsha(self.storage(queue)._counts.sha, len(keys), *keys, *COUNT_BANDS)
+
+    def _run(self, fill) -> list:
+        """A pipeline that `fill` queues commands on, counts.lua calls among them; built and
+        sent again after loading the script if Redis did not know it (restarted, failed
+        over, or a fresh server)."""
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            fill(pipe)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self.redis.script_load(self.storage(QUEUE_NAMES[0])._counts.script)
+        raise AssertionError("unreachable")
 
     @staticmethod
-    def _queue_counts(values) -> dict:
-        named = values[:len(NAMED_PRIORITIES)]
-        total, delayed, active, failed, paused, expired = values[len(NAMED_PRIORITIES):]
+    def _queue_counts(reply) -> dict:
+        named = reply[:len(NAMED_PRIORITIES)]
+        total, delayed, active, failed, paused, expired, _workers = \
+            reply[len(NAMED_PRIORITIES):]
         by_priority = {p.name.lower(): int(n) for p, n in zip(NAMED_PRIORITIES, named,
                                                                strict=True)}
         by_priority["other"] = int(total) - sum(by_priority.values())
@@ -119,9 +138,7 @@ class QueueManager:
                 "expiredLeases": int(expired)}
 
     def counts(self, queue: str) -> dict:
-        pipe = self.redis.pipeline(transaction=False)
-        self._queue_commands(pipe, queue)
-        return self._queue_counts(pipe.execute())
+        return self._queue_counts(self._run(lambda pipe: self._queue_commands(pipe, queue))[0])
 
     def counts_all(self) -> dict[str, dict]:
         """Counts for every queue in one round trip."""
@@ -129,22 +146,18 @@ class QueueManager:
 
     def snapshot(self, workers: bool = True, info_sections: tuple[str, ...] = ()):
         """(counts per queue, workers, INFO) in one round trip: what an overview shows."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
-        for queue in QUEUE_NAMES:
-            self._queue_commands(pipe, queue)
-        if workers:
+        def fill(pipe):
+            pipe.time()
             for queue in QUEUE_NAMES:
-                pipe.hgetall(self.keys(queue).workers)
-        if info_sections:
-            pipe.info(*info_sections)
-        redis_now, *values = pipe.execute()
-        width = (len(values) - (len(QUEUE_NAMES) if workers else 0)
-                 - (1 if info_sections else 0)) // len(QUEUE_NAMES)
-        counts = {q: self._queue_counts(values[i * width:(i + 1) * width])
-                  for i, q in enumerate(QUEUE_NAMES)}
-        rest = values[width * len(QUEUE_NAMES):]
-        seen = (self._parse_workers(rest[:len(QUEUE_NAMES)], _seconds(redis_now))
+                self._queue_commands(pipe, queue)  # each reply ends with the heartbeats
+            if info_sections:
+                pipe.info(*info_sections)
+
+        redis_now, *replies = self._run(fill)
+        rest = replies[len(QUEUE_NAMES):]
+        replies = replies[:len(QUEUE_NAMES)]
+        counts = {q: self._queue_counts(r) for q, r in zip(QUEUE_NAMES, replies, strict=True)}
+        seen = (self._parse_workers([_pairs(r[-1]) for r in replies], _seconds(redis_now))
                 if workers else [])
         info = rest[-1] if info_sections else None
         return counts, seen, info
