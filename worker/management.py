@@ -268,16 +268,13 @@ class QueueManager:
         limit = max(1, min(int(limit), MAX_PAGE))
         offset = max(0, int(offset))
         newest_first = state == "failed"
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(zset)
-        (pipe.zrevrange if newest_first else pipe.zrange)(zset, offset, offset + limit - 1,
-                                                          withscores=True)
-        total, page = pipe.execute()
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id, _ in page:
-            pipe.hmget(k.job(_text(job_id)), self.FIELDS)
+        reply = self.storage(queue)._page(
+            keys=[zset], args=[k.job_prefix, offset, offset + limit - 1,
+                               "1" if newest_first else "0", *self.FIELDS])
+        total, rows = reply[0], reply[1:]
+        page = [(rows[i], float(rows[i + 1])) for i in range(0, len(rows), 3)]
         jobs = []
-        for (job_id, score), values in zip(page, pipe.execute(), strict=True):
+        for (job_id, score), values in zip(page, rows[2::3], strict=True):
             if values[1] is not None:
                 job, payload = self._describe(queue, _text(job_id), values, score)
                 if state == "waiting":

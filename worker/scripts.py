@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError
 from worker.queues import MAX_PRIORITY, PRIORITY_BAND
 
 NAMES = ("enqueue", "lease", "renew", "reap", "promote", "move_failed", "remove", "expired",
-         "prune_failed", "resign", "counts")
+         "prune_failed", "resign", "counts", "page")
 
 
 def _read(name: str) -> str:

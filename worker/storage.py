@@ -131,7 +131,7 @@ class ReliableRedisStorage(PriorityRedisStorage):
         self._reap, self._promote, self._remove = load("reap"), load("promote"), load("remove")
         self._move_failed, self._expired = load("move_failed"), load("expired")
         self._prune_failed, self._resign = load("prune_failed"), load("resign")
-        self._counts = load("counts")
+        self._counts, self._page = load("counts"), load("page")
 
     # -- enqueue -------------------------------------------------------------------------
 
