@@ -141,7 +141,8 @@ build_wheelhouse() {
 
 lint() {
     log "yamllint, ansible-lint (production profile)"
-    (cd "$ROOT/ansible" && yamllint --strict . && ansible-lint --profile production --offline)
+    (cd "$ROOT/ansible" && yamllint --strict . && ansible-lint --profile production --offline \
+        && ansible-playbook checks/role_defaults.yml)
 }
 
 role_scenario() {  # role_scenario ROLE: `molecule test` of the role's default scenario
