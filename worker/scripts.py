@@ -60,9 +60,10 @@ class FastScript:
     redis-py's `Script.__call__` goes through `evalsha`, `execute_command`, a pool checkout,
     its retry and observability layers: on this machine about as much CPU as the whole
     enqueue script takes in Redis, and every job pays it twice (enqueue, lease). The happy
-    path here packs with hiredis, sends and reads. Anything unusual (a connection error,
-    NOSCRIPT after a restart or failover, a cluster client) goes through redis-py's own
-    `Script`, with its reconnects, retries and Sentinel rediscovery unchanged.
+    path here packs with hiredis, sends and reads, with the pool's own check of an idle
+    connection before each use. NOSCRIPT after a restart or failover, pipelines and cluster
+    clients go through redis-py's own `Script`; a connection error is raised as redis-py
+    raises it (the pool's connections never retry), dropping the connection.
     """
 
     _local = threading.local()
@@ -84,7 +85,18 @@ class FastScript:
         pinned = getattr(self._local, "pinned", None)
         if pinned is None or pinned.pool is not self._pool or pinned.pid != os.getpid():
             pinned = self._local.pinned = _Pinned(self._pool)
-        return pinned.conn
+        conn = pinned.conn
+        # What the pool checks on every checkout: a connection with something to read
+        # before we asked (the server closed it while idle: Redis restarted, a timeout) is
+        # not sent on, but reconnected, so an idle spell never costs a failed call.
+        if conn._sock is not None:
+            try:
+                stale = conn.can_read()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                stale = True  # closed by the server: can_read reads the EOF and says so
+            if stale:
+                conn.disconnect()
+        return conn
 
     def __call__(self, keys=(), args=(), client=None):
         if self._pool is None or client is not None:  # e.g. queued on a pipeline
@@ -98,11 +110,12 @@ class FastScript:
         except NoScriptError:  # Redis restarted or failed over: redis-py loads it again
             return self._script(keys=keys, args=args)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
-            # Whether the script ran is unknown after a connection error. Every script here
-            # is safe to run again (an enqueue keeps its id, settles are fenced by lease
-            # tokens), which is what redis-py's own retry assumes as well.
+            # Raised as it is, never retried here: after a connection lost mid-call nobody
+            # knows whether the script ran, and the caller must be told so (a producer's
+            # fallback treats "unsure" apart from "refused"; a retry that then found Redis
+            # gone would have said "refused" and let a job that landed run twice).
             self._local.pinned = None
-            return self._script(keys=keys, args=args)
+            raise
 
     def after(self, command: tuple, keys=(), args=()):
         """Send `command` and this script together (one write, one round trip) and return
