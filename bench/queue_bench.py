@@ -106,8 +106,8 @@ class Ours:
         k = self.manager.keys("sync")
         return client.zcard(k.waiting) + client.zcard(k.active)
 
-    def start(self, env):
-        return start_ours(env)
+    def start(self, env, processes=2):
+        return start_ours(env, processes)
 
     def bulk(self, n):
         from worker.producer import JobRequest
@@ -140,8 +140,8 @@ class PlainHuey:
     def pending_with(self, client):
         return client.zcard(self.storage.queue_key)
 
-    def start(self, env):
-        return start_huey(env)
+    def start(self, env, processes=2):
+        return start_huey(env, processes)
 
 
 def redis_cpu(client) -> float:
@@ -163,8 +163,8 @@ def measure_enqueue(system, n, client):
             "redis_cpu_us": (redis_cpu(client) - server0) / n * 1e6}
 
 
-def measure_drain(system, env, n):
-    proc = system.start(env)
+def measure_drain(system, env, n, processes=2):
+    proc = system.start(env, processes)
     try:
         seconds, drained = wait_drained(system.pending, n)
     finally:
@@ -267,6 +267,11 @@ def main():
                     raw[f"{name}_enqueue_{key}"].append(value)
                 print(f"[{name} {run}/{args.runs}] drain with 2 worker processes...", flush=True)
                 raw[f"{name}_drain_per_s"].append(measure_drain(system, env, args.jobs))
+                print(f"[{name} {run}/{args.runs}] enqueue again, drain with 1 worker "
+                      "process...", flush=True)
+                for i in range(args.jobs):
+                    system.enqueue_one(i)
+                raw[f"{name}_drain1_per_s"].append(measure_drain(system, env, args.jobs, 1))
                 print(f"[{name} {run}/{args.runs}] pickup latency at {args.rate} jobs/s...",
                       flush=True)
                 latency = measure_latency(system, env, client, args.rate, args.seconds)
@@ -302,6 +307,21 @@ def main():
             results[f"{system.name}_drain_round_trips"] = count_round_trips(
                 server, drain, n, exclude_addr=poller_addr)
             stop(proc)
+            # A backlog: the jobs wait before the workers start, so a worker settles one
+            # job and takes the next in the same call (start-up traffic is included).
+            backlog = 10 * n
+            for i in range(backlog):
+                system.enqueue_one(i)
+
+            def drain_backlog(s=system, poller=poller):
+                started = s.start(env)
+                deadline = time.monotonic() + 120
+                while s.pending_with(poller) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                stop(started)
+
+            results[f"{system.name}_backlog_round_trips"] = count_round_trips(
+                server, drain_backlog, backlog, exclude_addr=poller_addr)
     finally:
         server.stop()
 
@@ -309,7 +329,8 @@ def main():
     print()
     print(f"{'':34}{'clarity':>12}{'huey':>12}{'ratio':>8}")
     for label, key in (("enqueue, 1 producer (jobs/s)", "enqueue_per_s"),
-                       ("drain, 2 processes (jobs/s)", "drain_per_s")):
+                       ("drain, 2 processes (jobs/s)", "drain_per_s"),
+                       ("drain, 1 process (jobs/s)", "drain1_per_s")):
         a, b = r[f"clarity_{key}"], r[f"huey_{key}"]
         print(f"{label:34}{a:12.0f}{b:12.0f}{a / b:8.2f}")
     for q in ("p50_ms", "p99_ms"):
@@ -322,9 +343,10 @@ def main():
     print(f"{'bulk enqueue (jobs/s)':34}{r['clarity_bulk_enqueue_per_s']:12.0f}")
     print(f"medians of {args.runs} run(s); load average at the end: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("round trips include enqueue commands in the drain row; idle background traffic "
-          "(heartbeats, scheduler) is included in both")
-    for key in ("enqueue_round_trips", "drain_round_trips"):
+    print("round trips include enqueue commands in the drain row (jobs arriving one by one "
+          "for idle workers), not in the backlog row (jobs waiting before the workers "
+          "start); background traffic (heartbeats, scheduler) is included in both")
+    for key in ("enqueue_round_trips", "drain_round_trips", "backlog_round_trips"):
         print(f"{key.replace('_', ' ') + ' per job':34}{r['clarity_' + key]['per_job']:12}"
               f"{r['huey_' + key]['per_job']:12}")
         print(f"   clarity {r['clarity_' + key]['commands']}\n   huey    {r['huey_' + key]['commands']}")
