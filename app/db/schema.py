@@ -86,6 +86,9 @@ linked_accounts = sa.Table(
     sa.Column("currency", sa.String(3)),
     sa.Column("balance", MONEY),
     sa.Column("status", sa.String(40)),
+    # The provider data (holdings, transactions) last applied, digested: a repeat sync of
+    # unchanged data skips the account (app.jobs.sync.apply_account).
+    sa.Column("data_digest", sa.String(64)),
     _created(),
     _updated(),
     sa.UniqueConstraint("user_id", "provider", "provider_account_id"),

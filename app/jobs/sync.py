@@ -11,6 +11,7 @@ before or fully synced.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -137,8 +138,7 @@ def run_sync(user_id: int, sync_type: SyncType = SyncType.MANUAL, *,
         def fetch(account: dict):
             t = time.perf_counter()
             provider_id = str(account["id"])
-            data = (client.holdings(login, provider_id),
-                    client.transactions(login, provider_id, from_date))
+            data = client.account_data(login, provider_id, from_date)
             return data, time.perf_counter() - t
 
         with ThreadPoolExecutor(max_workers=FETCH_THREADS,
@@ -146,12 +146,14 @@ def run_sync(user_id: int, sync_type: SyncType = SyncType.MANUAL, *,
             futures = [pool.submit(fetch, account) for account in accounts]
             try:
                 for account, future in zip(accounts, futures, strict=True):
-                    (account_holdings, account_transactions), fetch_time = future.result()
+                    (account_holdings, account_transactions, received), fetch_time = \
+                        future.result()
                     result.fetch_seconds += fetch_time
                     t1 = time.perf_counter()
                     with engine.begin() as conn:
                         result.rows_changed += apply_account(
-                            conn, user_id, account, account_holdings, account_transactions)
+                            conn, user_id, account, account_holdings, account_transactions,
+                            received=received)
                     result.db_seconds += time.perf_counter() - t1
                     result.accounts += 1
                     result.holdings += len(account_holdings)
@@ -268,18 +270,36 @@ def transaction_row(account_id: int, txn: dict) -> dict:
 
 
 def apply_account(conn: Connection, user_id: int, account: dict, account_holdings: list[dict],
-                  account_transactions: list[dict]) -> int:
+                  account_transactions: list[dict], received: str) -> int:
     """Upsert one account and its holdings and transactions; delete holdings the provider
     no longer reports (positions closed). Returns how many rows changed. Call inside one
-    transaction."""
+    transaction. `received`: the client's digest of the pages as received
+    (AggregatorClient.account_data): when it and the account row are what was applied last
+    time, nothing is compared or written."""
     now = utcnow()
     row = account_row(user_id, account)
+    digest = hashlib.blake2b(f"{ROW_MAPPING_VERSION}:{received}".encode(),
+                             digest_size=32).hexdigest()
+    this_account = sa.and_(linked_accounts.c.user_id == user_id,
+                           linked_accounts.c.provider == PROVIDER,
+                           linked_accounts.c.provider_account_id == row["provider_account_id"])
+    stored = conn.execute(sa.select(linked_accounts.c.id, linked_accounts.c.data_digest,
+                                    *[linked_accounts.c[c] for c in row])
+                          .where(this_account)).one_or_none()
+    if stored is not None and stored.data_digest == digest and all(
+            stored._mapping[c] == v for c, v in row.items()):
+        # Nothing new from the provider: not even the account row is written (an upsert
+        # that changes nothing still locks the row, and the commit then waits for the WAL).
+        return 0
     changed = upsert(conn, linked_accounts, [row],
                      key=["user_id", "provider", "provider_account_id"],
                      touch={"updated_at": now})
-    account_id = conn.execute(sa.select(linked_accounts.c.id).where(
-        linked_accounts.c.user_id == user_id, linked_accounts.c.provider == PROVIDER,
-        linked_accounts.c.provider_account_id == row["provider_account_id"])).scalar_one()
+    account_id, applied = conn.execute(
+        sa.select(linked_accounts.c.id, linked_accounts.c.data_digest).where(this_account)).one()
+    if digest == applied:
+        # The provider sent exactly what was applied last time: nothing to compare. Rows
+        # only this handler writes (cleanup never touches holdings or transactions).
+        return changed
     # Providers occasionally list an item twice across pages; the last copy wins.
     holding_rows = list({r["provider_holding_id"]: r for r in
                          (holding_row(account_id, h) for h in account_holdings)}.values())
@@ -294,7 +314,14 @@ def apply_account(conn: Connection, user_id: int, account: dict, account_holding
                      (transaction_row(account_id, t) for t in account_transactions)}.values())
     changed += upsert(conn, transactions, txn_rows,
                       key=["account_id", "provider_transaction_id"], touch={"updated_at": now})
+    conn.execute(sa.update(linked_accounts).where(linked_accounts.c.id == account_id)
+                 .values(data_digest=digest))
     return changed
+
+
+# Part of every account's digest: raise it when the rows built from the same provider data
+# change (a new column, another rounding), so that the next sync compares every account.
+ROW_MAPPING_VERSION = 1
 
 
 # -- portfolio ---------------------------------------------------------------------------

@@ -173,3 +173,30 @@ def test_dataset_generation_is_deterministic():
     a = DataSet.generate("1", accounts=1, holdings=2, transactions=2, today=dt.date(2026, 1, 1))
     b = DataSet.generate("1", accounts=1, holdings=2, transactions=2, today=dt.date(2026, 1, 1))
     assert a == b
+
+
+def test_unchanged_provider_data_skips_the_account_and_changed_data_compares_it_all(
+        db, fake_aggregator, monkeypatch):
+    data = fake_aggregator.add_user("12", accounts=2, holdings=5, transactions=10)
+    sync_user({"user_id": 12})
+    first_account = data.accounts[0]["id"]
+    # A row changed behind the handler's back: an unchanged repeat does not even look
+    # (nothing to compare when the provider sent exactly what was applied)...
+    with db.begin() as conn:
+        conn.execute(sa.update(transactions).values(amount=Decimal(-1)))
+    assert sync_user({"user_id": 12})["rows_changed"] == 0
+
+    def amounts():
+        with db.connect() as conn:
+            return set(conn.execute(sa.select(transactions.c.amount)).scalars())
+
+    assert amounts() == {Decimal(-1)}
+    # ...while new data for one account compares (and repairs) every row of that account.
+    data.holdings[first_account][0]["quantity"] = Decimal(99)
+    result = sync_user({"user_id": 12})
+    assert result["rows_changed"] == 1 + 10
+    assert Decimal(-1) in amounts() and len(amounts()) > 1
+    # A new row mapping (ROW_MAPPING_VERSION) makes every account compare again.
+    monkeypatch.setattr("app.jobs.sync.ROW_MAPPING_VERSION", 2)
+    assert sync_user({"user_id": 12})["rows_changed"] == 10
+    assert Decimal(-1) not in amounts()
