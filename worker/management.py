@@ -11,7 +11,6 @@ import json
 import time
 
 import redis
-from redis.exceptions import NoScriptError
 
 from worker.messages import peek_job
 from worker.queues import (
@@ -106,24 +105,11 @@ class QueueManager:
         """Queue one counts.lua call for `queue` on `pipe` (its reply: `_queue_counts`)."""
         k = self.keys(queue)
         keys = [k.waiting, k.delayed, k.active, k.failed, k.paused, k.workers]
-        # EVALSHA queued as it is: a redis-py Script on a pipeline asks SCRIPT EXISTS first,
-        # one more round trip on every overview. `_execute` loads it when Redis lacks it.
-        pipe.evalsha(self.storage(queue)._counts.sha, len(keys), *keys, *COUNT_BANDS)
+        self.storage(queue)._counts.queue(pipe, keys, COUNT_BANDS)
 
     def _run(self, fill) -> list:
-        """A pipeline that `fill` queues commands on, counts.lua calls among them; built and
-        sent again after loading the script if Redis did not know it (restarted, failed
-        over, or a fresh server)."""
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            fill(pipe)
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                self.redis.script_load(self.storage(QUEUE_NAMES[0])._counts.script)
-        raise AssertionError("unreachable")
+        """A pipeline that `fill` queues commands on, counts.lua calls among them."""
+        return self.storage(QUEUE_NAMES[0])._counts.pipeline(self.redis, fill)
 
     @staticmethod
     def _queue_counts(reply) -> dict:

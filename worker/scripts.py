@@ -98,15 +98,21 @@ class FastScript:
                 conn.disconnect()
         return conn
 
+    def _round_trip(self, *commands) -> list:
+        """Send `commands` in one write on this thread's connection; their replies."""
+        conn = self._connection()
+        conn.send_packed_command([hiredis.pack_command(c) for c in commands],
+                                 check_health=False)
+        return [conn.read_response() for _ in commands]
+
+    def _evalsha(self, keys, args) -> tuple:
+        return (*self._head, len(keys), *keys, *args)
+
     def __call__(self, keys=(), args=(), client=None):
         if self._pool is None or client is not None:  # e.g. queued on a pipeline
             return self._script(keys=keys, args=args, client=client)
         try:
-            conn = self._connection()
-            conn.send_packed_command(
-                [hiredis.pack_command((*self._head, len(keys), *keys, *args))],
-                check_health=False)
-            return conn.read_response()
+            return self._round_trip(self._evalsha(keys, args))[0]
         except NoScriptError:  # Redis restarted or failed over: redis-py loads it again
             return self._script(keys=keys, args=args)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -125,14 +131,28 @@ class FastScript:
         if self._pool is None:
             return None
         try:
-            conn = self._connection()
-            conn.send_packed_command(
-                [hiredis.pack_command(command),
-                 hiredis.pack_command((*self._head, len(keys), *keys, *args))],
-                check_health=False)
-            first = conn.read_response()
-            return first, conn.read_response()
+            return self._round_trip(command, self._evalsha(keys, args))
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             self._local.pinned = None
             return None
 
+    def queue(self, pipe, keys=(), args=()) -> None:
+        """Queue this script on a redis-py pipeline as a bare EVALSHA: redis-py's `Script`
+        on a pipeline asks SCRIPT EXISTS first, one more round trip per pipeline."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    def pipeline(self, client, fill) -> list:
+        """Run a pipeline that `fill(pipe)` builds, with this script `queue`d on it; built
+        and sent once more after loading the script if Redis did not know it (restarted,
+        failed over, or a fresh server)."""
+        try:
+            return self._filled(client, fill).execute()
+        except NoScriptError:
+            client.script_load(self.script)
+        return self._filled(client, fill).execute()
+
+    @staticmethod
+    def _filled(client, fill):
+        pipe = client.pipeline(transaction=False)
+        fill(pipe)
+        return pipe

@@ -162,22 +162,16 @@ class ReliableRedisStorage(PriorityRedisStorage):
     def _enqueue_and_wait(self, keys, args):
         # WAIT counts the replicas that have this connection's writes: it must follow the
         # script on the same connection, so both go in one pipeline (one round trip).
-        for attempt in (1, 2):
-            pipe = self.conn.pipeline(transaction=False)
-            pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
+        def fill(pipe):
+            self._enqueue.queue(pipe, keys, args)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-            try:
-                flat, acked = pipe.execute()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                self.conn.script_load(self._enqueue.script)  # Redis restarted or failed over
-                continue
-            if int(acked) < self.wait_replicas:
-                raise NotReplicated(f"enqueue confirmed by {acked} of {self.wait_replicas} "
-                                    f"replica(s) within {self.wait_timeout_ms} ms: not "
-                                    "acknowledged (retry with the same idempotency key)")
-            return flat
+
+        flat, acked = self._enqueue.pipeline(self.conn, fill)
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(f"enqueue confirmed by {acked} of {self.wait_replicas} "
+                                f"replica(s) within {self.wait_timeout_ms} ms: not "
+                                "acknowledged (retry with the same idempotency key)")
+        return flat
 
     def enqueue(self, data, priority=None):
         job_id = peek_job(data).get("id") or uuid.uuid4().hex
@@ -257,22 +251,17 @@ class ReliableRedisStorage(PriorityRedisStorage):
         keys, args = self._lease_call([], want=True)
         try:
             replies = self._lease.after(("BLPOP", self.keys.wake, self.read_timeout), keys, args)
-        except NoScriptError:  # Redis restarted or failed over: load it, lease next time
-            self.conn.script_load(self._lease.script)
-            return None
-        if replies is not None:
-            return self._leased(replies[1], False)
-        pipe = self.conn.pipeline(transaction=False)
-        pipe.blpop([self.keys.wake], timeout=self.read_timeout)
-        pipe.evalsha(self._lease.sha, len(keys), *keys, *args)
-        try:
-            _token, result = pipe.execute()
+            if replies is None:  # a cluster client, or the connection failed: redis-py's way
+                pipe = self.conn.pipeline(transaction=False)
+                pipe.blpop([self.keys.wake], timeout=self.read_timeout)
+                self._lease.queue(pipe, keys, args)
+                replies = pipe.execute()
         except NoScriptError:  # Redis restarted or failed over: load it, lease next time
             self.conn.script_load(self._lease.script)
             return None
         except RedisTimeoutError:
             return None
-        return self._leased(result, False)
+        return self._leased(replies[1], False)
 
     def dequeue(self):
         lease = self.lease(block=self.blocking)
