@@ -230,12 +230,17 @@ class AggregatorClient:
     def accounts(self, login: str) -> list[dict]:
         return self._send("GET", "/accounts", login, extract=lambda body: _items(body, "account"))
 
-    def holdings(self, login: str, account_id: str) -> list[dict]:
-        return list(self._pages("/holdings", login, "holding", {"accountId": account_id}))
+    def holdings(self, login: str, account_id: str, received=None) -> list[dict]:
+        """Every holding of the account; `received` is given each page's body as it came."""
+        return list(self._pages("/holdings", login, "holding", {"accountId": account_id},
+                                received=received))
 
-    def transactions(self, login: str, account_id: str, from_date: dt.date) -> list[dict]:
+    def transactions(self, login: str, account_id: str, from_date: dt.date,
+                     received=None) -> list[dict]:
+        """The account's transactions since `from_date`; `received` as for holdings()."""
         return list(self._pages("/transactions", login, "transaction",
-                                {"accountId": account_id, "fromDate": from_date.isoformat()}))
+                                {"accountId": account_id, "fromDate": from_date.isoformat()},
+                                received=received))
 
     def account_data(self, login: str, account_id: str, from_date: dt.date
                      ) -> tuple[list[dict], list[dict], str]:
@@ -243,13 +248,9 @@ class AggregatorClient:
         same digest, the same data (a repeat sync skips the account). Cheap: the bytes are
         hashed as they come, nothing is encoded again."""
         digest = hashlib.blake2b(digest_size=32)
-        holdings = list(self._pages("/holdings", login, "holding", {"accountId": account_id},
-                                    received=digest.update))
+        holdings = self.holdings(login, account_id, received=digest.update)
         digest.update(b"\0transactions\0")
-        transactions = list(self._pages(
-            "/transactions", login, "transaction",
-            {"accountId": account_id, "fromDate": from_date.isoformat()},
-            received=digest.update))
+        transactions = self.transactions(login, account_id, from_date, received=digest.update)
         return holdings, transactions, digest.hexdigest()
 
 

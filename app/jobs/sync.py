@@ -294,12 +294,15 @@ def apply_account(conn: Connection, user_id: int, account: dict, account_holding
     changed = upsert(conn, linked_accounts, [row],
                      key=["user_id", "provider", "provider_account_id"],
                      touch={"updated_at": now})
-    account_id, applied = conn.execute(
-        sa.select(linked_accounts.c.id, linked_accounts.c.data_digest).where(this_account)).one()
-    if digest == applied:
-        # The provider sent exactly what was applied last time: nothing to compare. Rows
-        # only this handler writes (cleanup never touches holdings or transactions).
+    if stored is None:  # a new account: its id comes from the insert
+        account_id = conn.execute(sa.select(linked_accounts.c.id).where(this_account)).scalar_one()
+    elif stored.data_digest == digest:
+        # Only the account row changed; the pages are what was applied last time: nothing
+        # to compare. Rows only this handler writes (cleanup never touches holdings or
+        # transactions).
         return changed
+    else:
+        account_id = stored.id
     # Providers occasionally list an item twice across pages; the last copy wins.
     holding_rows = list({r["provider_holding_id"]: r for r in
                          (holding_row(account_id, h) for h in account_holdings)}.values())
