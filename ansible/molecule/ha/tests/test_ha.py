@@ -102,6 +102,22 @@ def primary_by_sentinels(hosts, addresses, asked=REDIS_HOSTS) -> str | None:
     return None
 
 
+def healthy_replicas(host) -> list[str]:
+    """ip:port of the replicas the sentinel on `host` sees as healthy (what the backup
+    script picks from: flags exactly "slave", master link ok)."""
+    lines = sentinel(host, "SENTINEL", "replicas", "clarity")
+    healthy, record = [], {}
+    for key, value in zip(lines[0::2], lines[1::2], strict=True):
+        if key == "name" and record:
+            healthy.append(record)
+            record = {}
+        record[key] = value
+    if record:
+        healthy.append(record)
+    return [f"{r['ip']}:{r['port']}" for r in healthy
+            if r.get("flags") == "slave" and r.get("master-link-status") == "ok"]
+
+
 def admin_python(admin, code: str) -> str:
     """Python in the admin host's release venv with the admin's settings: its stdout."""
     result = admin.run(ADMIN_ENV + f"{PYTHON} -c {shlex.quote(code)}")
@@ -310,6 +326,8 @@ def test_backup_shipped_off_host_then_restore_yml_brings_the_jobs_back_and_they_
     assert (counts(admin)["waiting"], counts(admin)["delayed"]) == (6, 4)
 
     # Every Redis host's cron job runs; one node backs the fleet up: a healthy replica.
+    wait_for(lambda: len(healthy_replicas(hosts[primary])) == 2, 60,
+             "the sentinels to see both replicas healthy")
     made = {}
     for name in REDIS_HOSTS:
         run = hosts[name].run("set -a && . /etc/clarity/redis-backup.env && set +a && "
