@@ -341,8 +341,11 @@ def test_backup_shipped_off_host_then_restore_yml_brings_the_jobs_back_and_they_
     pull = admin.run("set -a && . /etc/clarity/redis-backup-pull.env && set +a && "
                      "/usr/local/sbin/clarity-redis-backup-pull")
     assert pull.rc == 0, pull.stdout + pull.stderr
-    shipped = admin.run(f"ls /var/backups/redis-shipped/{backed_up[0]}/").stdout.split()
-    assert len(shipped) == 1 and shipped[0].startswith("dump-"), shipped
+    # (The newest copy: the hosts' own cron jobs may have added one meanwhile.)
+    shipped = admin.run(f"ls -t /var/backups/redis-shipped/{backed_up[0]}/").stdout.split()
+    assert shipped and shipped[0].startswith("dump-"), shipped
+    made_here = hosts[backed_up[0]].run("ls -t /var/backups/redis/").stdout.split()
+    assert shipped[0] == made_here[0]
     backup = f"/var/backups/redis-shipped/{backed_up[0]}/{shipped[0]}"
 
     # The pulling key can do nothing else: no shell, no writes.
