@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Lint the deployment (yamllint, ansible-lint production profile) and run every Molecule
-# scenario: the roles' and the fleet's on podman containers that boot real systemd (their
+# scenario: the roles', the fleet's and `ha` (Sentinel failover, backups shipped and restored) on
+# podman containers that boot real systemd (their
 # verifiers also run systemd-analyze verify/security on the installed units), and `vm` on
 # qemu virtual machines with their own kernels (sysctls, THP, nftables, time sync, reboots).
 #
-# Usage: .ci/molecule.sh [SCENARIO ...]      (default: every role's `default`, `fleet`, `vm`)
+# Usage: .ci/molecule.sh [SCENARIO ...]      (default: every role's `default`, `fleet`, `ha`, `vm`)
 #        .ci/molecule.sh --lint-only         yamllint and ansible-lint only
 #   MOLECULE_SKIP_LINT=1   skip the lint step
 #   CLARITY_SKIP_VM=1      leave out the `vm` scenario (local runs only; .ci/run never skips
@@ -31,6 +32,7 @@ IMAGE_PACKAGES="systemd,systemd-sysv,dbus,python3,sudo,iproute2,procps"
 # apt installs need no download and no shared cache (one shared /var/cache/apt/archives
 # would serialise every container's apt run on its lock).
 PRESEED_PACKAGES="ca-certificates nftables systemd-timesyncd python3-apt redis-server redis-tools cron
+redis-sentinel openssh-server openssh-client rsync
 prometheus-redis-exporter prometheus-node-exporter python3-venv nginx openssl prometheus
 postgresql python3-psycopg2 prometheus-alertmanager prometheus-blackbox-exporter"
 ROLE_SCENARIOS=(common redis postgresql clarity_worker clarity_admin nginx monitoring)
@@ -159,33 +161,33 @@ vm_scenario() {  # `molecule test -s vm`: fails, saying why, if qemu cannot boot
     (cd "$ROOT/ansible" && timeout 3000 molecule -c molecule/base.yml test -s vm)
 }
 
-fleet_step() {  # fleet_step ACTION: one step of the fleet scenario, logged to fleet-ACTION.log
-    (cd "$ROOT/ansible" && timeout 2400 molecule -c molecule/base.yml "$1" -s fleet) \
-        > "$LOGS/fleet-$1.log" 2>&1
+site_step() {  # site_step SCENARIO ACTION: one step of a site.yml scenario, to SCENARIO-ACTION.log
+    (cd "$ROOT/ansible" && timeout 2400 molecule -c molecule/base.yml "$2" -s "$1") \
+        > "$LOGS/$1-$2.log" 2>&1
 }
 
-fleet() {
-    local rc=0 changed step
-    # The verifier writes the figures it measures (rolling release, rollback...) here.
-    export CLARITY_FLEET_REPORT="$LOGS/fleet-report.txt"
+site_scenario() {  # site_scenario SCENARIO: `fleet` or `ha`, site.yml on several hosts
+    local name="$1" rc=0 changed step
+    # The verifier writes the figures it measures (rolling release, failover...) here.
+    export CLARITY_FLEET_REPORT="$LOGS/$name-report.txt"
     : > "$CLARITY_FLEET_REPORT"
     for step in destroy create converge idempotence verify; do
-        timed "fleet: $step" fleet_step "$step" || { rc=$?; break; }
+        timed "$name: $step" site_step "$name" "$step" || { rc=$?; break; }
     done
     if ((rc)); then
-        echo "fleet scenario failed at $step; last lines of $LOGS/fleet-$step.log:" >&2
-        sed 's/\x1b\[[0-9;]*m//g' "$LOGS/fleet-$step.log" | grep -vE '^\s*│\s*$' | tail -n 60 >&2
+        echo "$name scenario failed at $step; last lines of $LOGS/$name-$step.log:" >&2
+        sed 's/\x1b\[[0-9;]*m//g' "$LOGS/$name-$step.log" | grep -vE '^\s*│\s*$' | tail -n 60 >&2
     fi
-    cp "$LOGS/fleet-destroy.log" "$LOGS/fleet-destroy-stale.log" 2>/dev/null || true
-    timed "fleet: destroy" fleet_step destroy || true
-    if [[ -f "$LOGS/fleet-idempotence.log" ]]; then
+    cp "$LOGS/$name-destroy.log" "$LOGS/$name-destroy-stale.log" 2>/dev/null || true
+    timed "$name: destroy" site_step "$name" destroy || true
+    if [[ -f "$LOGS/$name-idempotence.log" ]]; then
         # The second run of site.yml: the sum of changed= over every host's recap.
-        changed=$(sed 's/\x1b\[[0-9;]*m//g' "$LOGS/fleet-idempotence.log" \
-            | grep -oE '^\s*│? *[a-z0-9]+ +: ok=[0-9]+ +changed=[0-9]+' \
+        changed=$(sed 's/\x1b\[[0-9;]*m//g' "$LOGS/$name-idempotence.log" \
+            | grep -oE '^\s*│? *[a-z0-9-]+ +: ok=[0-9]+ +changed=[0-9]+' \
             | grep -oE 'changed=[0-9]+' | awk -F= '{n += $2} END {print n + 0}')
-        timings+=("fleet: second site.yml run changed count = $changed")
+        timings+=("$name: second site.yml run changed count = $changed")
     fi
-    while IFS= read -r line; do timings+=("fleet: $line"); done < "$CLARITY_FLEET_REPORT"
+    while IFS= read -r line; do timings+=("$name: $line"); done < "$CLARITY_FLEET_REPORT"
     return "$rc"
 }
 
@@ -211,7 +213,7 @@ mkdir -p "$LOGS"
 rm -f "$LOGS"/*.log "$LOGS"/*.result
 
 scenarios=("$@")
-((${#scenarios[@]})) || scenarios=("${ROLE_SCENARIOS[@]}" fleet vm)
+((${#scenarios[@]})) || scenarios=("${ROLE_SCENARIOS[@]}" fleet ha vm)
 want() { [[ " ${scenarios[*]} " == *" $1 "* ]]; }
 if [[ -n "${CLARITY_SKIP_VM:-}" ]] && want vm; then
     kept=()
@@ -257,7 +259,7 @@ pids=()
 names=()
 jobs_max="${MOLECULE_JOBS:-2}"
 for scenario in "${scenarios[@]}"; do
-    [[ "$scenario" == fleet || "$scenario" == vm ]] && continue
+    [[ "$scenario" == fleet || "$scenario" == ha || "$scenario" == vm ]] && continue
     while (( $(jobs -rp | wc -l) >= jobs_max )); do sleep 2; done
     log "molecule test: $scenario"
     ( start=$(date +%s); rc=0
@@ -276,9 +278,29 @@ for i in "${!pids[@]}"; do
         sed 's/\x1b\[[0-9;]*m//g' "$LOGS/${names[$i]}.log" | grep -vE '^\s*│\s*$' | tail -n 60 >&2
     fi
 done
+# `ha` runs in the background beside the fleet (their containers and networks differ; by
+# then `vm` is usually done, so the two share the machine): CI stays shorter than running
+# them one after the other.
+ha_pid=
+if want ha; then
+    log "molecule ha (site.yml on ha-redis1..3 with sentinels, ha-worker1, ha-admin1)"
+    ( timings=(); rc=0
+      site_scenario ha > "$LOGS/ha.out" 2>&1 || rc=$?
+      printf '%s\n' "${timings[@]}" > "$LOGS/ha.timings"
+      echo "$rc" > "$LOGS/ha.result" ) &
+    ha_pid=$!
+fi
 if want fleet; then
     log "molecule fleet (site.yml on redis1, worker1, worker2, admin1)"
-    fleet || failed+=(fleet)
+    site_scenario fleet || failed+=(fleet)
+fi
+if [[ -n "$ha_pid" ]]; then
+    wait "$ha_pid" || true
+    while IFS= read -r line; do timings+=("$line"); done < "$LOGS/ha.timings"
+    if [[ "$(cat "$LOGS/ha.result")" != 0 ]]; then
+        failed+=(ha)
+        cat "$LOGS/ha.out" >&2
+    fi
 fi
 if [[ -n "$vm_pid" ]]; then
     wait "$vm_pid" || true

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from app.devstack.processes import free_port, real_clock_env
+from app.devstack.sentinel import SentinelGroup
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "redis" / "clarity-redis-backup"
@@ -118,7 +120,8 @@ def test_backup_writes_a_dated_rdb_that_redis_check_rdb_accepts(redis_port, tmp_
         == 0
     )
     assert b"clarity:{sync}:probe" in dumps[0].read_bytes()
-    assert oct(dumps[0].stat().st_mode & 0o777) == "0o600"
+    # Group-readable: the directory's group (the shipping user's, mode 2750) may pull it.
+    assert oct(dumps[0].stat().st_mode & 0o777) == "0o640"
 
 
 def test_backup_prunes_files_older_than_retention_and_keeps_recent_ones(redis_port, tmp_path):
@@ -158,3 +161,36 @@ def test_failed_backup_exits_nonzero_and_leaves_last_success_untouched(redis_por
     assert result.returncode != 0
     assert not (textfiles / "clarity_redis_backup.prom").exists()
     assert not list(backups.iterdir())
+
+
+def test_with_sentinel_one_healthy_replica_backs_up_else_the_primary(tmp_path):
+    """Every node's cron runs the script; one backs the fleet up: the first healthy replica
+    the sentinels list (no fork on the primary), the primary once no replica is healthy."""
+    group = SentinelGroup(tmp_path / "ha", replicas=2).start()
+    try:
+        sentinel_env = {"SENTINELS": " ".join(f"127.0.0.1:{p}" for p in group.sentinel_ports),
+                        "SENTINEL_MASTER": group.master, "SELF_ADDRESS": "127.0.0.1"}
+        primary, *replicas = group.nodes
+        expected = min(replicas, key=lambda node: f"127.0.0.1:{node.port}")
+
+        def backup(node, name):
+            backups, textfiles = tmp_path / name / "backups", tmp_path / name / "textfile"
+            textfiles.mkdir(parents=True, exist_ok=True)
+            result = _run_backup(node.port, backups, textfiles, REDISCLI_AUTH=group.password,
+                                 **sentinel_env)
+            assert result.returncode == 0, result.stdout + result.stderr
+            return sorted(backups.glob("dump-*.rdb")), textfiles / "clarity_redis_backup.prom"
+
+        made = {node.port: backup(node, f"first-{node.port}") for node in group.nodes}
+        assert [port for port, (dumps, _) in made.items() if dumps] == [expected.port]
+        assert made[expected.port][1].exists()
+        assert not made[primary.port][1].exists()
+
+        for node in replicas:
+            node.stop()
+        wait_for(lambda: all("s_down" in r["flags"] for r in group.sentinel_client(
+            group.sentinel_ports[0]).sentinel_slaves(group.master)), timeout=30)
+        dumps, metric = backup(primary, "degraded")
+        assert len(dumps) == 1 and metric.exists()
+    finally:
+        group.stop()

@@ -1,0 +1,396 @@
+"""Redis that survives its host, through the deployed services (site.yml on five hosts).
+
+In order (the tests share the fleet's state, and pytest runs them in file order):
+1. the topology site.yml built: a primary, two replicas in sync, three sentinels that see
+   each other, renamed commands renamed on every node and declared to Sentinel;
+2. the primary's redis-server is SIGKILLed (and kept down); the sentinels promote a
+   replica; jobs acknowledged before the crash all run and a job enqueued through nginx
+   after it runs, with no worker restarted; the old primary rejoins as a replica;
+3. site.yml run again after the failover leaves the new primary where it is;
+4. one replica backs up, the backup host pulls it over its restricted key (which can do
+   nothing else), the jobs are destroyed, restore.yml (dry run, then for real) brings them
+   back, and they run.
+Figures (failover time, restore time) go to the report .ci/molecule.sh prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import http_once, podman_host
+
+ANSIBLE_DIR = Path(__file__).resolve().parents[3]
+KEY = "molecule-admin-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CLARITY = "/opt/clarity/current/bin/clarity"
+PYTHON = "/opt/clarity/current/bin/python"
+ADMIN_ENV = "set -a && . /etc/clarity/admin.env && set +a && "
+REDIS_ENV = "set -a && . /etc/clarity/redis-backup.env && set +a && "
+# The sentinels' password, as the Redis hosts' backup settings hold it.
+SENTINEL_AUTH = ("set -a && . /etc/clarity/redis-backup.env && set +a && "
+                 "REDISCLI_AUTH=\"$SENTINEL_AUTH\" ")
+REDIS_HOSTS = ("ha-redis1", "ha-redis2", "ha-redis3")
+NO_RESTART = "/run/systemd/system/redis-server.service.d/zz-test-no-restart.conf"
+
+
+def report(line: str) -> None:
+    path = os.environ.get("CLARITY_FLEET_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(line.rstrip() + "\n")
+    print(line)
+
+
+def wait_for(predicate, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s: {message}"
+        time.sleep(0.5)
+
+
+def address(host) -> str:
+    return host.run("ip -4 -o route get 1.1.1.1").stdout.split("src ")[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    hosts = {name: podman_host(name) for name in (*REDIS_HOSTS, "ha-worker1", "ha-admin1")}
+    addresses = {name: address(host) for name, host in hosts.items() if name in REDIS_HOSTS}
+    return hosts, addresses
+
+
+def sentinel(host, *args: str) -> list[str]:
+    """A command to the sentinel on `host`: its reply lines."""
+    result = host.run(SENTINEL_AUTH + "redis-cli -p 26379 --no-auth-warning "
+                      + " ".join(shlex.quote(a) for a in args))
+    assert result.rc == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def redis(host, *args: str):
+    """A command to the Redis node on `host` (the testinfra result)."""
+    return host.run(REDIS_ENV + "redis-cli -h 127.0.0.1 --no-auth-warning "
+                    + " ".join(shlex.quote(a) for a in args))
+
+
+def replication(host) -> dict[str, str]:
+    result = redis(host, "INFO", "replication")
+    if result.rc != 0 or ":" not in result.stdout:
+        return {}
+    return dict(line.split(":", 1) for line in result.stdout.replace("\r", "").splitlines()
+                if ":" in line)
+
+
+def primary_by_sentinels(hosts, addresses, asked=REDIS_HOSTS) -> str | None:
+    """The host the sentinels name as primary (asking the first that answers)."""
+    by_address = {a: n for n, a in addresses.items()}
+    for name in asked:
+        result = hosts[name].run(SENTINEL_AUTH + "redis-cli -p 26379 --no-auth-warning "
+                                 "SENTINEL get-master-addr-by-name clarity")
+        lines = result.stdout.split()
+        if result.rc == 0 and lines and lines[0] in by_address:
+            return by_address[lines[0]]
+    return None
+
+
+def healthy_replicas(host) -> list[str]:
+    """ip:port of the replicas the sentinel on `host` sees as healthy (what the backup
+    script picks from: flags exactly "slave", master link ok)."""
+    lines = sentinel(host, "SENTINEL", "replicas", "clarity")
+    healthy, record = [], {}
+    for key, value in zip(lines[0::2], lines[1::2], strict=True):
+        if key == "name" and record:
+            healthy.append(record)
+            record = {}
+        record[key] = value
+    if record:
+        healthy.append(record)
+    return [f"{r['ip']}:{r['port']}" for r in healthy
+            if r.get("flags") == "slave" and r.get("master-link-status") == "ok"]
+
+
+def admin_python(admin, code: str) -> str:
+    """Python in the admin host's release venv with the admin's settings: its stdout."""
+    result = admin.run(ADMIN_ENV + f"{PYTHON} -c {shlex.quote(code)}")
+    assert result.rc == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def enqueue_pings(admin, count: int, delay: float | None, tag: str) -> list[str]:
+    """`count` ping jobs on sync from one producer process: their ids (acknowledged)."""
+    out = admin_python(admin, (
+        "import json\nfrom worker.producer import enqueue\n"
+        f"ids = [enqueue('sync', 'ping', {{'echo': '{tag}-%d' % i}}, delay={delay!r}).id "
+        f"for i in range({count})]\nprint(json.dumps(ids))"))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def jobs_left(admin, ids: list[str]) -> dict[str, str]:
+    """Jobs of `ids` still known to Redis, with their state (an acknowledged job is gone)."""
+    out = admin_python(admin, (
+        "import json, sys\nfrom worker.management import QueueManager\n"
+        "m = QueueManager()\n"
+        f"ids = {ids!r}\n"
+        "print(json.dumps({i: (m.get_job('sync', i) or {}).get('state') for i in ids}))"))
+    states = json.loads(out.strip().splitlines()[-1])
+    return {i: s for i, s in states.items() if s is not None}
+
+
+def counts(admin) -> dict:
+    """The sync queue's counts (`clarity stats --json`)."""
+    result = admin.run(ADMIN_ENV + CLARITY + " stats --json")
+    assert result.rc == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)["sync"]
+
+
+def worker_pid(worker) -> str:
+    return worker.run("systemctl show -p MainPID --value clarity-worker@sync").stdout.strip()
+
+
+def playbook(*args: str, timeout: int = 1500) -> tuple[subprocess.CompletedProcess, float]:
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    started = time.monotonic()
+    result = subprocess.run(
+        ["ansible-playbook", "--inventory", str(inventory), *args],
+        cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "false", "ANSIBLE_NOCOLOR": "1"},
+    )
+    seconds = time.monotonic() - started
+    if os.environ.get("CLARITY_FLEET_REPORT"):
+        name = "-".join(a.strip("-").replace("/", "_").replace("=", "_") for a in args)[:100]
+        log = Path(os.environ["CLARITY_FLEET_REPORT"]).with_name(f"ha-playbook-{name}.log")
+        log.write_text(f"ansible-playbook {' '.join(args)}: rc={result.returncode}, "
+                       f"{seconds:.0f} s\n{result.stdout}\n{result.stderr}")
+    return result, seconds
+
+
+# --- 1. what site.yml built -------------------------------------------------------------
+
+def test_one_primary_two_replicas_in_sync_and_three_sentinels_that_agree(fleet):
+    hosts, addresses = fleet
+    assert primary_by_sentinels(hosts, addresses) == "ha-redis1"
+    assert replication(hosts["ha-redis1"])["role"] == "master"
+    for name in ("ha-redis2", "ha-redis3"):
+        info = replication(hosts[name])
+        assert info["role"] == "slave", (name, info)
+        assert info["master_host"] == addresses["ha-redis1"]
+        assert info["master_link_status"] == "up"
+    # min-replicas-to-write 1 (three nodes): both replicas count as good ones.
+    assert replication(hosts["ha-redis1"])["min_slaves_good_slaves"] == "2"
+    for name in REDIS_HOSTS:
+        master = dict(zip(*[iter(sentinel(hosts[name], "SENTINEL", "master", "clarity"))] * 2,
+                          strict=True))
+        assert master["num-other-sentinels"] == "2", (name, master)
+        assert master["num-slaves"] == "2", (name, master)
+        assert master["quorum"] == "2"
+
+
+def test_dangerous_commands_stay_renamed_on_every_node_and_sentinel_knows_config(fleet):
+    hosts, _ = fleet
+    for name in REDIS_HOSTS:
+        host = hosts[name]
+        for command in ("FLUSHALL", "FLUSHDB", "KEYS", "DEBUG", "CONFIG"):
+            reply = redis(host, command, "x").stdout
+            assert "unknown command" in reply, (name, command, reply)
+        # Sentinel's failover runs CONFIG REWRITE under the renamed name.
+        renamed = host.run("grep -E '^rename-command CONFIG ' /etc/redis/redis.conf").stdout.split()[2]
+        declared = host.run("grep -E '^sentinel rename-command clarity \"?CONFIG\"? ' "
+                            "/etc/redis/sentinel.conf").stdout.split()
+        assert declared and declared[-1].strip('"') == renamed, name
+        assert redis(host, renamed, "GET", "maxmemory-policy").stdout.split()[-1] == "noeviction"
+
+
+def test_clients_find_the_primary_through_the_sentinels(fleet):
+    hosts, addresses = fleet
+    for name, env in (("ha-worker1", "/etc/clarity/worker.env"),
+                      ("ha-admin1", "/etc/clarity/admin.env")):
+        text = hosts[name].file(env).content_string
+        assert "REDIS_HOST=" not in text
+        sentinels = next(line for line in text.splitlines()
+                         if line.startswith("REDIS_SENTINELS=")).split("=", 1)[1].split(",")
+        assert sorted(s.rsplit(":", 1)[0] for s in sentinels) == sorted(addresses.values())
+    doctor = hosts["ha-admin1"].run(ADMIN_ENV + CLARITY + " doctor")
+    assert addresses["ha-redis1"] in doctor.stdout, doctor.stdout + doctor.stderr
+
+
+# --- 2. the primary dies ----------------------------------------------------------------
+
+def test_primary_killed_replica_promoted_jobs_run_without_worker_restart_old_primary_rejoins(
+        fleet):
+    hosts, addresses = fleet
+    admin, worker, old = hosts["ha-admin1"], hosts["ha-worker1"], hosts["ha-redis1"]
+    pid_before = worker_pid(worker)
+    # Acknowledged before the crash, due after it: they are in Redis when the primary dies.
+    before = enqueue_pings(admin, 20, delay=25, tag="before-failover")
+
+    # The host's Redis crashes and stays down (no Restart= for this test).
+    assert old.run(f"mkdir -p {Path(NO_RESTART).parent} && printf '[Service]\\nRestart=no\\n' "
+                   f"> {NO_RESTART} && systemctl daemon-reload").rc == 0
+    killed = time.monotonic()
+    assert old.run("systemctl kill --signal=SIGKILL redis-server").rc == 0
+    wait_for(lambda: old.run("systemctl is-active redis-server").stdout.strip() != "active",
+             30, "redis-server on ha-redis1 to be down")
+
+    survivors = ("ha-redis2", "ha-redis3")
+    new_name = wait_for(
+        lambda: (p := primary_by_sentinels(hosts, addresses, survivors)) != "ha-redis1" and p,
+        90, "the sentinels to promote a replica")
+    promoted = wait_for(lambda: replication(hosts[new_name]).get("role") == "master"
+                        and time.monotonic(), 60, f"{new_name} to be master")
+    report(f"failover: primary SIGKILLed -> {new_name} promoted in {promoted - killed:.1f} s "
+           f"(down-after-milliseconds 5000)")
+
+    # A job through nginx (the admin API) after the failover runs.
+    body = json.dumps({"queue": "sync", "task": "ping", "payload": {"echo": "after-failover"}})
+
+    def enqueue_via_nginx():
+        status, _, payload = http_once(admin, "https://127.0.0.1/api/jobs", method="POST",
+                                       body=body,
+                                       headers={**AUTH, "Content-Type": "application/json"})
+        return status == 201 and json.loads(payload)["id"]
+
+    after = wait_for(enqueue_via_nginx, 60, "an enqueue through nginx to succeed")
+    accepted = time.monotonic()
+    wait_for(lambda: not jobs_left(admin, [after]), 120, "the job enqueued after the failover")
+    ran = time.monotonic()
+    report(f"failover: first enqueue through nginx accepted {accepted - killed:.1f} s after the "
+           f"kill, its job done {ran - killed:.1f} s after")
+
+    # Every job acknowledged before the crash ran (gone = acknowledged by a worker), none
+    # failed or is stranded in flight.
+    wait_for(lambda: not jobs_left(admin, before), 180,
+             "the jobs enqueued before the failover to run")
+    state = counts(admin)
+    assert state["failed"] == 0 and state["active"] == 0, state
+    # No worker was restarted to follow the new primary.
+    assert worker_pid(worker) == pid_before
+    assert worker.run("systemctl show -p NRestarts --value clarity-worker@sync").stdout.strip() == "0"
+
+    # The old primary comes back: Sentinel turns it into a replica of the new one.
+    assert old.run(f"rm -f {NO_RESTART} && systemctl daemon-reload && systemctl reset-failed "
+                   "redis-server; systemctl start redis-server").rc == 0
+    back = time.monotonic()
+    wait_for(lambda: (i := replication(old)).get("role") == "slave"
+             and i.get("master_host") == addresses[new_name]
+             and i.get("master_link_status") == "up", 120, "ha-redis1 to rejoin as a replica")
+    report(f"failover: old primary restarted, replica of {new_name} in sync after "
+           f"{time.monotonic() - back:.1f} s")
+    assert replication(hosts[new_name])["connected_slaves"] == "2"
+
+
+# --- 3. Ansible after a failover ----------------------------------------------------------
+
+def test_site_yml_after_a_failover_keeps_the_new_primary_and_restarts_no_redis(fleet):
+    hosts, addresses = fleet
+    primary = primary_by_sentinels(hosts, addresses)
+    assert primary != "ha-redis1"
+    pids = {n: hosts[n].run("systemctl show -p MainPID --value redis-server").stdout.strip()
+            for n in REDIS_HOSTS}
+    result, seconds = playbook("site.yml", "--tags", "redis", timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    report(f"site.yml --tags redis after the failover: {seconds:.0f} s")
+    assert primary_by_sentinels(hosts, addresses) == primary
+    assert {n: hosts[n].run("systemctl show -p MainPID --value redis-server").stdout.strip()
+            for n in REDIS_HOSTS} == pids
+    for name in REDIS_HOSTS:
+        info = replication(hosts[name])
+        if name == primary:
+            assert info["role"] == "master"
+        else:
+            assert info["role"] == "slave" and info["master_host"] == addresses[primary]
+            # What Redis reads at its next start: the same role.
+            conf = hosts[name].file("/etc/redis/redis.conf").content_string
+            assert f"replicaof {addresses[primary]} 6379" in conf
+
+
+# --- 4. backups leave the host, and restore -----------------------------------------------
+
+def test_backup_shipped_off_host_then_restore_yml_brings_the_jobs_back_and_they_run(fleet):
+    hosts, addresses = fleet
+    admin, worker = hosts["ha-admin1"], hosts["ha-worker1"]
+    primary = primary_by_sentinels(hosts, addresses)
+
+    # Jobs that stay: the sync worker is stopped, some wait, some are delayed.
+    assert worker.run("systemctl stop clarity-worker@sync").rc == 0
+    waiting = enqueue_pings(admin, 6, delay=None, tag="restore-waiting")
+    delayed = enqueue_pings(admin, 4, delay=90, tag="restore-delayed")
+    assert (counts(admin)["waiting"], counts(admin)["delayed"]) == (6, 4)
+
+    # Every Redis host's cron job runs; one node backs the fleet up: a healthy replica.
+    wait_for(lambda: len(healthy_replicas(hosts[primary])) == 2, 60,
+             "the sentinels to see both replicas healthy")
+    made = {}
+    for name in REDIS_HOSTS:
+        run = hosts[name].run("set -a && . /etc/clarity/redis-backup.env && set +a && "
+                              "/usr/local/sbin/clarity-redis-backup")
+        assert run.rc == 0, (name, run.stdout, run.stderr)
+        made[name] = "wrote" in run.stdout
+    backed_up = [n for n, wrote in made.items() if wrote]
+    assert len(backed_up) == 1 and backed_up[0] != primary, made
+
+    # The backup host pulls it.
+    pull = admin.run("set -a && . /etc/clarity/redis-backup-pull.env && set +a && "
+                     "/usr/local/sbin/clarity-redis-backup-pull")
+    assert pull.rc == 0, pull.stdout + pull.stderr
+    # (The newest copy: the hosts' own cron jobs may have added one meanwhile.)
+    shipped = admin.run(f"ls -t /var/backups/redis-shipped/{backed_up[0]}/").stdout.split()
+    assert shipped and shipped[0].startswith("dump-"), shipped
+    made_here = hosts[backed_up[0]].run("ls -t /var/backups/redis/").stdout.split()
+    assert shipped[0] == made_here[0]
+    backup = f"/var/backups/redis-shipped/{backed_up[0]}/{shipped[0]}"
+
+    # The pulling key can do nothing else: no shell, no writes.
+    ssh = ("ssh -i /etc/clarity/backup-ssh/id_ed25519 -o BatchMode=yes "
+           "-o UserKnownHostsFile=/etc/clarity/backup-ssh/known_hosts "
+           f"clarity-backup@{addresses[backed_up[0]]}")
+    shell = admin.run(f"{ssh} id")
+    assert shell.rc != 0 and "uid=" not in shell.stdout, shell.stdout
+    push = admin.run(f"rsync -e '{ssh.rsplit(' ', 1)[0]}' /etc/hostname "
+                     f"clarity-backup@{addresses[backed_up[0]]}:./planted.rdb")
+    assert push.rc != 0
+    assert not hosts[backed_up[0]].file("/var/backups/redis/planted.rdb").exists
+
+    # The data is lost.
+    for state in ("waiting", "delayed"):
+        cleared = admin.run(ADMIN_ENV + CLARITY + f" queue clear sync --state {state} --yes")
+        assert cleared.rc == 0, cleared.stdout + cleared.stderr
+    assert (counts(admin)["waiting"], counts(admin)["delayed"]) == (0, 0)
+
+    # A dry run changes nothing.
+    dry, _ = playbook("restore.yml", "-e", f"redis_backup={backup}")
+    assert dry.returncode == 0, dry.stdout[-4000:] + dry.stderr[-2000:]
+    assert "DRY RUN" in dry.stdout
+    assert admin.run("systemctl is-active clarity-admin").stdout.strip() == "active"
+    assert (counts(admin)["waiting"], counts(admin)["delayed"]) == (0, 0)
+
+    # The restore, workers left stopped to look first.
+    result, seconds = playbook("restore.yml", "-e", f"redis_backup={backup}",
+                               "-e", "redis_restore_apply=true",
+                               "-e", "redis_restore_start_workers=false")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    report(f"restore.yml (10 jobs, fetch + stop + restore + replicas resync + start): "
+           f"{seconds:.0f} s")
+    assert primary_by_sentinels(hosts, addresses) == primary
+    assert admin.run("systemctl is-active clarity-admin").stdout.strip() == "active"
+    back = counts(admin)
+    assert back["waiting"] + back["delayed"] == 10 and back["waiting"] >= 6, back
+    assert set(jobs_left(admin, waiting + delayed)) == set(waiting + delayed)
+    for name in REDIS_HOSTS:
+        if name != primary:
+            info = replication(hosts[name])
+            assert info["master_host"] == addresses[primary] and info["master_link_status"] == "up"
+
+    # And they run.
+    assert worker.run("systemctl start clarity-worker@sync").rc == 0
+    wait_for(lambda: not jobs_left(admin, waiting), 120, "the restored waiting jobs to run")
+    wait_for(lambda: not jobs_left(admin, delayed), 180, "the restored delayed jobs to run")
+    assert counts(admin)["failed"] == 0
