@@ -52,3 +52,17 @@ def http(host, url, headers=None, unix_socket=None, method="GET", count=1, body=
 
 def http_once(host, url, **kwargs):
     return http(host, url, **kwargs)[0]
+
+
+# The most exposure (systemd-analyze security, 0-10) a unit the roles install may have.
+MAX_EXPOSURE = 2.5
+
+
+def unit_exposure(host, unit: str) -> float:
+    """`systemd-analyze security UNIT`'s overall exposure level, as the host's systemd sees
+    the unit (with every drop-in); printed so the verifier's log holds the measurement."""
+    result = host.run(f"systemd-analyze security --no-pager {unit}")
+    assert result.rc == 0, result.stderr
+    exposure = float(result.stdout.rsplit(f"Overall exposure level for {unit}: ", 1)[1].split()[0])
+    print(f"systemd-analyze security {unit}: {exposure}")
+    return exposure

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import sys
 import time
 import uuid
@@ -269,6 +270,47 @@ def test_redis_port_is_open_to_the_worker_host_only(boot, worker1):
         assert connect_from(worker1, STRANGER_ADDRESS, 6379) == "timeout"
     finally:
         run(worker1, f"ip address del {STRANGER_ADDRESS}/32 dev eth1")
+
+
+# --- SSH ---------------------------------------------------------------------------------
+def ssh_attempt(vm: vmctl.VM, *options: str) -> subprocess.CompletedProcess:
+    """A fresh SSH connection from the controller (no shared connection, no key unless the
+    options allow it): what sshd answers a client that offers `options`."""
+    argv = ["ssh", "-v", "-o", "ControlPath=none", "-o", "BatchMode=yes",
+            "-o", f"HostKeyAlias={vmctl.HOST_KEY_ALIAS}",
+            "-o", f"UserKnownHostsFile={vm.image / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=30",
+            *options, "-p", str(vm.ssh_port), "root@127.0.0.1", "true"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def test_ssh_takes_the_key_only_and_refuses_weak_algorithms(boot, vms):
+    """How Ansible reaches the hosts, after the hardening and after every kind of boot."""
+    for vm in vms.values():
+        assert vm.ssh("true").returncode == 0, vm.name  # the key, as Ansible logs in
+        no_key = ssh_attempt(vm, "-o", "PubkeyAuthentication=no",
+                             "-o", "PreferredAuthentications=password,keyboard-interactive")
+        assert no_key.returncode == 255, no_key.stderr
+        assert "Permission denied (publickey)." in no_key.stderr, no_key.stderr
+        weak_cipher = ssh_attempt(vm, "-i", str(vm.image / "id_ed25519"), "-c", "aes128-cbc")
+        assert "no matching cipher found" in weak_cipher.stderr, weak_cipher.stderr
+        weak_kex = ssh_attempt(vm, "-i", str(vm.image / "id_ed25519"),
+                               "-o", "KexAlgorithms=diffie-hellman-group14-sha1")
+        assert "no matching key exchange method found" in weak_kex.stderr, weak_kex.stderr
+        effective = run(vm, "sshd -T -C user=root,host=controller,addr=10.0.2.2")
+        assert "\npasswordauthentication no\n" in effective
+        assert "\npermitrootlogin without-password\n" in effective
+        assert "\nx11forwarding no\n" in effective and "\nallowagentforwarding no\n" in effective
+
+
+def test_unneeded_kernel_modules_never_load(boot, vms):
+    # modprobe runs the `install ... /bin/true` of the role's modprobe.d file instead.
+    for vm in vms.values():
+        run(vm, "modprobe dccp; modprobe sctp; modprobe usb-storage; true")
+        loaded = infra(vm).run("grep -E '^(dccp|sctp|usb_storage) ' /proc/modules").stdout
+        assert loaded == "", f"{vm.name}: {loaded}"
+        assert "install /bin/true" in run(vm, "modprobe --show-depends dccp")
 
 
 # --- time ----------------------------------------------------------------------------------

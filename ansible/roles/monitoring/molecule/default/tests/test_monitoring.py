@@ -3,7 +3,7 @@
 import json
 import time
 
-from conftest import http_once
+from conftest import MAX_EXPOSURE, http_once, unit_exposure
 
 
 def test_node_exporter_serves_metrics_with_the_textfile_collector(host):
@@ -68,3 +68,21 @@ def test_blackbox_exporter_listens_on_localhost_only(host):
     assert host.service("prometheus-blackbox-exporter").is_running
     assert host.socket("tcp://127.0.0.1:9115").is_listening
     assert not host.socket("tcp://0.0.0.0:9115").is_listening
+
+
+def test_every_prometheus_unit_is_hardened_and_still_works(host):
+    units = ["prometheus-node-exporter", "prometheus", "prometheus-alertmanager",
+             "prometheus-blackbox-exporter"]
+    for unit in units:
+        assert host.file(f"/etc/systemd/system/{unit}.service.d/60-hardening.conf").exists
+        assert host.service(unit).is_running, unit
+        assert unit_exposure(host, f"{unit}.service") <= MAX_EXPOSURE, unit
+    # The sandbox leaves node_exporter what its collectors read: systemd over D-Bus, /proc,
+    # the file systems.
+    _, _, body = http_once(host, "http://127.0.0.1:9100/metrics")
+    assert 'node_systemd_unit_state{name="prometheus.service",state="active"' in body
+    assert "node_filesystem_avail_bytes{" in body
+    assert "node_memory_MemAvailable_bytes" in body
+    # Prometheus still writes its TSDB (under ProtectSystem=strict): its head has samples.
+    _, _, body = http_once(host, "http://127.0.0.1:9090/api/v1/status/tsdb")
+    assert json.loads(body)["data"]["headStats"]["numSeries"] > 0

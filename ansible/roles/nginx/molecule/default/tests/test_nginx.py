@@ -1,6 +1,6 @@
 """The nginx role: TLS in front of the admin app, the app's auth, nginx's rate limit."""
 
-from conftest import http, http_once
+from conftest import MAX_EXPOSURE, http, http_once, unit_exposure
 
 KEY = "molecule-admin-key-0123456789abcdef"
 HEALTH = "https://127.0.0.1/api/admin/queue?action=health"
@@ -45,3 +45,14 @@ def test_self_signed_certificate_and_private_key_mode(host):
 def test_default_site_is_disabled(host):
     assert not host.file("/etc/nginx/sites-enabled/default").exists
     assert host.file("/etc/nginx/sites-enabled/clarity-admin").is_symlink
+
+
+def test_nginx_unit_is_hardened_and_still_serves_and_reloads(host):
+    assert host.file("/etc/systemd/system/nginx.service.d/60-hardening.conf").exists
+    assert unit_exposure(host, "nginx.service") <= MAX_EXPOSURE
+    # The master keeps what it needs: workers run as www-data, a reload replaces them.
+    workers = host.run("ps -o user= --ppid $(cat /run/nginx.pid)").stdout.split()
+    assert workers and set(workers) == {"www-data"}, workers
+    assert host.run("systemctl reload nginx").rc == 0
+    status, _, _ = http_once(host, HEALTH, headers={"Authorization": f"Bearer {KEY}"})
+    assert status == 200

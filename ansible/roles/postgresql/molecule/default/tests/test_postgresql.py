@@ -4,6 +4,8 @@ owner, password logins from the app's hosts only."""
 import re
 import shlex
 
+from conftest import MAX_EXPOSURE, unit_exposure
+
 PASSWORD = "molecule-postgresql-password-0123456789abcdef"
 
 
@@ -61,3 +63,15 @@ def test_the_cluster_waits_for_its_address_and_never_stays_failed(host):
     assert waiter in show
     assert "StartLimitIntervalUSec=0" in show
     assert "Restart=always" in show
+
+
+def test_the_cluster_unit_is_hardened_and_runs_as_postgres(host):
+    unit = "postgresql@15-main.service"
+    assert host.file(f"/etc/systemd/system/{unit}.d/60-hardening.conf").exists
+    assert unit_exposure(host, unit) <= MAX_EXPOSURE
+    assert host.run(f"systemctl show -P User {unit}").stdout.strip() == "postgres"
+    # Restarts and reloads under the sandbox, and serves the app afterwards.
+    assert host.run(f"systemctl restart {unit}").rc == 0
+    assert host.run(f"systemctl reload {unit}").rc == 0
+    assert host.service("postgresql@15-main").is_running
+    assert psql_as_app(host, "127.0.0.1", "SELECT 1").stdout.strip() == "1"
