@@ -42,7 +42,8 @@ def render(passwords: dict[str, str | list[str]], prefix: str = "clarity",
     missing = [u for u in USERS if not passwords.get(u)]
     if missing:
         raise ValueError(f"no password for Redis user(s) {', '.join(missing)}")
-    env = jinja2.Environment(trim_blocks=True, undefined=jinja2.StrictUndefined,
+    env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined,
                              autoescape=False)
     env.filters["hash"] = _hash
     template = env.from_string(TEMPLATE.read_text())
