@@ -90,11 +90,15 @@ class Doctor:
 
     def guarded(self, check) -> None:
         """Run one check; a command this ACL user may not run fails that check alone."""
-        from redis.exceptions import NoPermissionError
+        from redis.exceptions import ResponseError
+
+        from worker.connections import permission_denied
 
         try:
             check()
-        except NoPermissionError as exc:
+        except ResponseError as exc:
+            if not permission_denied(exc):
+                raise
             name = check.__name__.removeprefix("check_")
             self.add(name, "fail", f"Redis user {self.user} lacks permission for what this "
                      f"check runs: {exc}",

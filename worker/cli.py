@@ -12,13 +12,9 @@ import sys
 import time
 
 import click
-from redis.exceptions import (
-    AuthenticationError,
-    ConnectionError,
-    NoPermissionError,
-    ResponseError,
-)
+from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 
+from worker.connections import permission_denied
 from worker.queues import QUEUE_NAMES
 from worker.settings import SettingsError, get_settings
 
@@ -32,7 +28,7 @@ def explain_core_error(exc: Exception) -> str | None:
     if isinstance(exc, AuthenticationError):
         return (f"Redis refused the password ({exc}): check REDIS_USERNAME and "
                 "REDIS_PASSWORD, or REDIS_URL")
-    if isinstance(exc, NoPermissionError):
+    if isinstance(exc, ResponseError) and permission_denied(exc):
         return (f"Redis user {_redis_user()} lacks permission for this ({exc}): see "
                 "docs/deploy.md#redis-users for what each user may do")
     if isinstance(exc, ConnectionError):

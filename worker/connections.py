@@ -80,6 +80,17 @@ def connection_pool(settings: Settings, timeout: float | None = None) -> redis.C
         return _pools.setdefault(key, pool)
 
 
+def permission_denied(exc: BaseException) -> bool:
+    """Whether Redis refused a command for the ACL user's want of permission: NOPERM, or the
+    same refusal of a command a Lua script ran (a plain error reply naming the script)."""
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return True
+    text = str(exc)
+    return isinstance(exc, redis.ResponseError) and (
+        "NOPERM" in text or "no permissions" in text
+        or "user executing the script can't" in text)
+
+
 def redis_client(settings: Settings | None = None, timeout: float | None = None) -> redis.Redis:
     return redis.Redis(connection_pool=connection_pool(settings or get_settings(), timeout))
 

@@ -29,7 +29,8 @@ class SentinelGroup:
     def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3,
                  master: str = MASTER, password: str = PASSWORD, down_after_ms: int = 1000,
                  failover_timeout_ms: int = 5000, extra: tuple[str, ...] = (),
-                 acl: dict | None = None, username: str | None = None):
+                 acl: dict | None = None, acl_prefix: str = "clarity",
+                 username: str | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.master = master
@@ -53,7 +54,7 @@ class SentinelGroup:
         # No delay before a full sync (production keeps Redis' default of 5 s).
         auth = (*masterauth, "--repl-diskless-sync-delay", "0", *extra)
         self.nodes = [RedisServer(self.dir / f"node{i}", password=password, extra=auth,
-                                  acl=acl, username=self.username)
+                                  acl=acl, acl_prefix=acl_prefix, username=self.username)
                       for i in range(replicas + 1)]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinels: list[Child] = []
