@@ -154,10 +154,9 @@ class Doctor:
             self.add("user", "fail", f"connected as Redis user {self._user}, configured "
                      f"{configured}", "check REDIS_USERNAME (or the user in REDIS_URL)")
         elif self._user == "default":
-            self.add("user", "warn", "connected as Redis' `default` user (one password for "
-                     "every client, every command)",
-                     "deploy the ACL users of redis/users.acl.j2 and set REDIS_USERNAME "
-                     "(docs/deploy.md#redis-users)")
+            # A local stack (`clarity up`, requirepass); the deployed fleet has ACL users.
+            self.add("user", "ok", "connected as Redis' `default` user (no REDIS_USERNAME; "
+                     "deployed hosts use the ACL users of docs/deploy.md#redis-users)")
         else:
             self.add("user", "ok", f"connected as Redis user {self._user}")
 
