@@ -282,11 +282,13 @@ def test_redis_users_each_client_its_own_and_no_more(fleet):
     assert redis(primary, "DEL", job_key).stdout.strip() == "1"
     # The worker's own user, through the worker's settings and release.
     worker = hosts["ha-worker1"]
+    # CONFIG under its renamed name (unknown as CONFIG): the ACL refuses it by its real name.
+    config = primary.run("grep -E '^rename-command CONFIG ' /etc/redis/redis.conf").stdout.split()[2]
     assert env_value(worker, "/etc/clarity/worker.env", "REDIS_USERNAME") == "clarity-worker"
     denied = worker.run(WORKER_ENV + f"{PYTHON} -c " + shlex.quote(
         "import redis\nfrom worker.connections import redis_client\nr = redis_client()\n"
         "print('whoami', r.execute_command('ACL', 'WHOAMI').decode())\n"
-        "for cmd in (('CONFIG', 'GET', 'maxmemory'), ('ACL', 'LIST'), ('SHUTDOWN', 'NOSAVE'),\n"
+        f"for cmd in (({config!r}, 'GET', 'maxmemory'), ('ACL', 'LIST'), ('SHUTDOWN', 'NOSAVE'),\n"
         "            ('REPLICAOF', 'NO', 'ONE'), ('SCRIPT', 'FLUSH'), ('GET', 'other:key')):\n"
         "    try:\n"
         "        r.execute_command(*cmd)\n"
@@ -296,7 +298,7 @@ def test_redis_users_each_client_its_own_and_no_more(fleet):
     assert denied.rc == 0, denied.stdout + denied.stderr
     lines = denied.stdout.split("\n")
     assert "whoami clarity-worker" in lines
-    for command in ("CONFIG", "ACL", "SHUTDOWN", "REPLICAOF", "SCRIPT", "GET"):
+    for command in (config, "ACL", "SHUTDOWN", "REPLICAOF", "SCRIPT", "GET"):
         assert f"denied {command}" in lines, denied.stdout
     report("Redis ACL users on the ha fleet: default off; replication, sentinel, worker, "
            "admin, exporter connected as their own users; exporter and worker refused")
