@@ -147,9 +147,19 @@ lint() {
         && ansible-playbook checks/role_defaults.yml)
 }
 
+# A scenario's containers and networks have fixed names, so two runs of one scenario on one
+# machine (another checkout's run, a developer's) would destroy each other's hosts: each
+# scenario holds /tmp/molecule-<scenario>.lock while it runs, and a second run waits.
+locked() {  # locked SCENARIO CMD...: run CMD holding the scenario's lock
+    local name="$1"
+    shift
+    flock "/tmp/molecule-$name.lock" "$@"
+}
+
 role_scenario() {  # role_scenario ROLE: `molecule test` of the role's default scenario
     local role="$1"
-    (cd "$ROOT/ansible/roles/$role" && timeout 1200 molecule -c "$ROOT/ansible/molecule/base.yml" test)
+    (cd "$ROOT/ansible/roles/$role" \
+        && locked "$role" timeout 1200 molecule -c "$ROOT/ansible/molecule/base.yml" test)
 }
 
 vm_image() {  # build or reuse the VM image (.ci/vm-image.sh); the scenario reads CLARITY_VM_IMAGE
@@ -158,7 +168,7 @@ vm_image() {  # build or reuse the VM image (.ci/vm-image.sh); the scenario read
 }
 
 vm_scenario() {  # `molecule test -s vm`: fails, saying why, if qemu cannot boot the image
-    (cd "$ROOT/ansible" && timeout 3000 molecule -c molecule/base.yml test -s vm)
+    (cd "$ROOT/ansible" && locked vm timeout 3000 molecule -c molecule/base.yml test -s vm)
 }
 
 site_step() {  # site_step SCENARIO ACTION: one step of a site.yml scenario, to SCENARIO-ACTION.log
@@ -167,7 +177,10 @@ site_step() {  # site_step SCENARIO ACTION: one step of a site.yml scenario, to 
 }
 
 site_scenario() {  # site_scenario SCENARIO: `fleet` or `ha`, site.yml on several hosts
-    local name="$1" rc=0 changed step
+    local name="$1" rc=0 changed step lock
+    # Held from the first destroy to the last (see locked above); released when this returns.
+    exec {lock}>"/tmp/molecule-$name.lock"
+    timed "$name: waiting for its lock" flock "$lock"
     # The verifier writes the figures it measures (rolling release, failover...) here.
     export CLARITY_FLEET_REPORT="$LOGS/$name-report.txt"
     : > "$CLARITY_FLEET_REPORT"
@@ -188,6 +201,7 @@ site_scenario() {  # site_scenario SCENARIO: `fleet` or `ha`, site.yml on severa
         timings+=("$name: second site.yml run changed count = $changed")
     fi
     while IFS= read -r line; do timings+=("$name: $line"); done < "$CLARITY_FLEET_REPORT"
+    exec {lock}>&-
     return "$rc"
 }
 
