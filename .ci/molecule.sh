@@ -132,8 +132,11 @@ build_wheelhouse() {
     if [[ -n "${CLARITY_WHEELHOUSE:-}" ]]; then
         return
     fi
-    CLARITY_WHEELHOUSE="$CACHE/wheelhouse-run"
-    rm -rf "$CLARITY_WHEELHOUSE"
+    # This run's own directory: a fixed one, emptied by the next run on the machine (another
+    # checkout's), would hand this run's later converges that checkout's wheel.
+    find "$CACHE" -maxdepth 1 -name 'wheelhouse-run*' -mmin +240 -exec rm -rf {} +
+    CLARITY_WHEELHOUSE=$(mktemp -d "$CACHE/wheelhouse-run.XXXX")
+    trap 'rm -rf "$CLARITY_WHEELHOUSE"' EXIT
     log "pip wheel $ROOT (with /usr/bin/python3)"
     /usr/bin/python3 -m pip wheel --quiet --disable-pip-version-check \
         --wheel-dir "$CLARITY_WHEELHOUSE" "$ROOT" 2>&1 | grep -v "is ignored: it is neither" || true
