@@ -14,7 +14,7 @@
 #   CLARITY_MOLECULE_CACHE where the debootstrapped rootfs is cached (/var/cache/clarity-molecule)
 #   MOLECULE_JOBS          scenarios run at once (2); `vm` counts as one, beside the others
 #   CLARITY_VM_CACHE       where the VM image is cached ($CLARITY_MOLECULE_CACHE/vm)
-#   CLARITY_VM_TIMEOUT     seconds the vm scenario may take (3000)
+#   CLARITY_VM_TIMEOUT     seconds the vm scenario may take (3600)
 #   CLARITY_VM_LYNIS=1     also audit the VMs with lynis (hardening index; slow under TCG,
 #                          so CI leaves it out: docs/deploy.md "lynis")
 #   MOLECULE_LOG_DIR       one log per scenario/step ($CLARITY_MOLECULE_CACHE/logs)
@@ -174,7 +174,7 @@ vm_image() {  # build or reuse the VM image (.ci/vm-image.sh); the scenario read
 }
 
 vm_scenario() {  # `molecule test -s vm`: fails, saying why, if qemu cannot boot the image
-    (cd "$ROOT/ansible" && locked vm timeout "${CLARITY_VM_TIMEOUT:-3000}" molecule -c molecule/base.yml test -s vm)
+    (cd "$ROOT/ansible" && locked vm timeout "${CLARITY_VM_TIMEOUT:-3600}" molecule -c molecule/base.yml test -s vm)
 }
 
 site_step() {  # site_step SCENARIO ACTION: one step of a site.yml scenario, to SCENARIO-ACTION.log
