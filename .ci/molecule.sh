@@ -14,6 +14,9 @@
 #   CLARITY_MOLECULE_CACHE where the debootstrapped rootfs is cached (/var/cache/clarity-molecule)
 #   MOLECULE_JOBS          scenarios run at once (2); `vm` counts as one, beside the others
 #   CLARITY_VM_CACHE       where the VM image is cached ($CLARITY_MOLECULE_CACHE/vm)
+#   CLARITY_VM_TIMEOUT     seconds the vm scenario may take (3600)
+#   CLARITY_VM_LYNIS=1     also audit the VMs with lynis (hardening index; slow under TCG,
+#                          so CI leaves it out: docs/deploy.md "lynis")
 #   MOLECULE_LOG_DIR       one log per scenario/step ($CLARITY_MOLECULE_CACHE/logs)
 #
 # Needs root (debootstrap, podman). Installs what it needs: Debian packages podman,
@@ -132,8 +135,11 @@ build_wheelhouse() {
     if [[ -n "${CLARITY_WHEELHOUSE:-}" ]]; then
         return
     fi
-    CLARITY_WHEELHOUSE="$CACHE/wheelhouse-run"
-    rm -rf "$CLARITY_WHEELHOUSE"
+    # This run's own directory: a fixed one, emptied by the next run on the machine (another
+    # checkout's), would hand this run's later converges that checkout's wheel.
+    find "$CACHE" -maxdepth 1 -name 'wheelhouse-run*' -mmin +240 -exec rm -rf {} +
+    CLARITY_WHEELHOUSE=$(mktemp -d "$CACHE/wheelhouse-run.XXXX")
+    trap 'rm -rf "$CLARITY_WHEELHOUSE"' EXIT
     log "pip wheel $ROOT (with /usr/bin/python3)"
     /usr/bin/python3 -m pip wheel --quiet --disable-pip-version-check \
         --wheel-dir "$CLARITY_WHEELHOUSE" "$ROOT" 2>&1 | grep -v "is ignored: it is neither" || true
@@ -147,9 +153,19 @@ lint() {
         && ansible-playbook checks/role_defaults.yml)
 }
 
+# A scenario's containers and networks have fixed names, so two runs of one scenario on one
+# machine (another checkout's run, a developer's) would destroy each other's hosts: each
+# scenario holds /tmp/molecule-<scenario>.lock while it runs, and a second run waits.
+locked() {  # locked SCENARIO CMD...: run CMD holding the scenario's lock
+    local name="$1"
+    shift
+    flock "/tmp/molecule-$name.lock" "$@"
+}
+
 role_scenario() {  # role_scenario ROLE: `molecule test` of the role's default scenario
     local role="$1"
-    (cd "$ROOT/ansible/roles/$role" && timeout 1200 molecule -c "$ROOT/ansible/molecule/base.yml" test)
+    (cd "$ROOT/ansible/roles/$role" \
+        && locked "$role" timeout 1200 molecule -c "$ROOT/ansible/molecule/base.yml" test)
 }
 
 vm_image() {  # build or reuse the VM image (.ci/vm-image.sh); the scenario reads CLARITY_VM_IMAGE
@@ -158,7 +174,7 @@ vm_image() {  # build or reuse the VM image (.ci/vm-image.sh); the scenario read
 }
 
 vm_scenario() {  # `molecule test -s vm`: fails, saying why, if qemu cannot boot the image
-    (cd "$ROOT/ansible" && timeout 3000 molecule -c molecule/base.yml test -s vm)
+    (cd "$ROOT/ansible" && locked vm timeout "${CLARITY_VM_TIMEOUT:-3600}" molecule -c molecule/base.yml test -s vm)
 }
 
 site_step() {  # site_step SCENARIO ACTION: one step of a site.yml scenario, to SCENARIO-ACTION.log
@@ -167,7 +183,10 @@ site_step() {  # site_step SCENARIO ACTION: one step of a site.yml scenario, to 
 }
 
 site_scenario() {  # site_scenario SCENARIO: `fleet` or `ha`, site.yml on several hosts
-    local name="$1" rc=0 changed step
+    local name="$1" rc=0 changed step lock
+    # Held from the first destroy to the last (see locked above); released when this returns.
+    exec {lock}>"/tmp/molecule-$name.lock"
+    timed "$name: waiting for its lock" flock "$lock"
     # The verifier writes the figures it measures (rolling release, failover...) here.
     export CLARITY_FLEET_REPORT="$LOGS/$name-report.txt"
     : > "$CLARITY_FLEET_REPORT"
@@ -188,6 +207,7 @@ site_scenario() {  # site_scenario SCENARIO: `fleet` or `ha`, site.yml on severa
         timings+=("$name: second site.yml run changed count = $changed")
     fi
     while IFS= read -r line; do timings+=("$name: $line"); done < "$CLARITY_FLEET_REPORT"
+    exec {lock}>&-
     return "$rc"
 }
 

@@ -7,9 +7,15 @@ test, so they see what a client on that host sees (its addresses, its firewall).
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import time
+from pathlib import Path
 
 import testinfra
+
+ANSIBLE_DIR = Path(__file__).resolve().parent
 
 _HTTP = r"""
 import http.client, json, socket, ssl, sys
@@ -66,3 +72,33 @@ def unit_exposure(host, unit: str) -> float:
     exposure = float(result.stdout.rsplit(f"Overall exposure level for {unit}: ", 1)[1].split()[0])
     print(f"systemd-analyze security {unit}: {exposure}")
     return exposure
+
+
+def wait_for(predicate, timeout, message="condition", interval=1.0):
+    """Poll `predicate` until it returns something truthy; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {message}"
+        time.sleep(interval)
+
+
+def run_playbook(scenario: str, *args: str, timeout: int) -> tuple[subprocess.CompletedProcess, float]:
+    """ansible-playbook on the scenario's hosts, as `molecule converge` runs it; with its wall
+    time in seconds. The whole output goes beside $CLARITY_FLEET_REPORT when that is set."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    started = time.monotonic()
+    result = subprocess.run(
+        ["ansible-playbook", "--inventory", str(inventory), *args],
+        cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "false", "ANSIBLE_NOCOLOR": "1"},
+    )
+    seconds = time.monotonic() - started
+    if os.environ.get("CLARITY_FLEET_REPORT"):
+        name = "-".join(a.strip("-").replace("/", "_").replace("=", "_") for a in args)[:100]
+        log = Path(os.environ["CLARITY_FLEET_REPORT"]).with_name(f"{scenario}-playbook-{name}.log")
+        log.write_text(f"ansible-playbook {' '.join(args)}: rc={result.returncode}, "
+                       f"{seconds:.0f} s\n{result.stdout}\n{result.stderr}")
+    return result, seconds

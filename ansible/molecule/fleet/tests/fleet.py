@@ -13,11 +13,10 @@ import json
 import os
 import shlex
 import subprocess
-import time
 from pathlib import Path
 
-from conftest import podman_host
-from outside import Outside, wait_for  # noqa: F401 (re-exported for the tests)
+from conftest import podman_host, run_playbook, wait_for  # noqa: F401 (wait_for re-exported for the tests)
+from outside import Outside
 
 ANSIBLE_DIR = Path(__file__).resolve().parents[3]
 KEY = "molecule-admin-key-0123456789abcdef"
@@ -80,22 +79,7 @@ def psql(redis1, sql: str) -> list[list[str]]:
 
 
 def playbook(*args: str, timeout: int = 1200) -> tuple[subprocess.CompletedProcess, float]:
-    """ansible-playbook on this scenario's hosts, as `molecule converge` runs it; with its
-    wall time in seconds."""
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    started = time.monotonic()
-    result = subprocess.run(
-        ["ansible-playbook", "--inventory", str(inventory), *args],
-        cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=timeout, check=False,
-        env={**os.environ, "ANSIBLE_FORCE_COLOR": "false", "ANSIBLE_NOCOLOR": "1"},
-    )
-    seconds = time.monotonic() - started
-    if os.environ.get("CLARITY_FLEET_REPORT"):  # the whole output, beside the report
-        name = "-".join(a.strip("-").replace("/", "_").replace("=", "_") for a in args)[:100]
-        log = Path(os.environ["CLARITY_FLEET_REPORT"]).with_name(f"fleet-playbook-{name}.log")
-        log.write_text(f"ansible-playbook {' '.join(args)}: rc={result.returncode}, "
-                       f"{seconds:.0f} s\n{result.stdout}\n{result.stderr}")
-    return result, seconds
+    return run_playbook("fleet", *args, timeout=timeout)
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from email import message_from_bytes
 from email.policy import default as default_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,17 +26,6 @@ ALERT_WEBHOOK_PORT = 18093
 # vault_aggregator_client_secret).
 AGGREGATOR_CLIENT_ID = "clarity-test"
 AGGREGATOR_CLIENT_SECRET = "clarity-test-secret-0123456789"
-
-
-def wait_for(predicate, timeout, interval=1.0, message="condition"):
-    """Poll `predicate` until it returns something truthy; that value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {message}"
-        time.sleep(interval)
 
 
 class SmtpSink:

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import http_once, podman_host
+from conftest import http_once, podman_host, run_playbook
+from conftest import wait_for as _wait_for
 
 ANSIBLE_DIR = Path(__file__).resolve().parents[3]
 KEY = "molecule-admin-key-0123456789abcdef"
@@ -48,16 +49,6 @@ def report(line: str) -> None:
         with open(path, "a", encoding="utf-8") as out:
             out.write(line.rstrip() + "\n")
     print(line)
-
-
-def wait_for(predicate, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s: {message}"
-        time.sleep(0.5)
 
 
 def address(host) -> str:
@@ -176,25 +167,16 @@ def counts(admin) -> dict:
     return json.loads(result.stdout)["sync"]
 
 
+def playbook(*args: str, timeout: int = 1500) -> tuple[subprocess.CompletedProcess, float]:
+    return run_playbook("ha", *args, timeout=timeout)
+
+
+def wait_for(predicate, timeout: float, message: str):
+    return _wait_for(predicate, timeout, message, interval=0.5)
+
+
 def worker_pid(worker) -> str:
     return worker.run("systemctl show -p MainPID --value clarity-worker@sync").stdout.strip()
-
-
-def playbook(*args: str, timeout: int = 1500) -> tuple[subprocess.CompletedProcess, float]:
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    started = time.monotonic()
-    result = subprocess.run(
-        ["ansible-playbook", "--inventory", str(inventory), *args],
-        cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=timeout, check=False,
-        env={**os.environ, "ANSIBLE_FORCE_COLOR": "false", "ANSIBLE_NOCOLOR": "1"},
-    )
-    seconds = time.monotonic() - started
-    if os.environ.get("CLARITY_FLEET_REPORT"):
-        name = "-".join(a.strip("-").replace("/", "_").replace("=", "_") for a in args)[:100]
-        log = Path(os.environ["CLARITY_FLEET_REPORT"]).with_name(f"ha-playbook-{name}.log")
-        log.write_text(f"ansible-playbook {' '.join(args)}: rc={result.returncode}, "
-                       f"{seconds:.0f} s\n{result.stdout}\n{result.stderr}")
-    return result, seconds
 
 
 # --- 1. what site.yml built -------------------------------------------------------------

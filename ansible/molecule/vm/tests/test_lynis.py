@@ -19,8 +19,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vmctl  # the scenario's VM controller, beside this directory
 
-# lynis under TCG: minutes per host.
-pytestmark = pytest.mark.timeout(2400)
+# lynis under TCG takes half an hour and more per host on a loaded 2-core machine: more than
+# the whole scenario's budget in CI. It runs when asked for:
+#   CLARITY_VM_LYNIS=1 .ci/molecule.sh vm
+pytestmark = [
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(os.environ.get("CLARITY_VM_LYNIS") != "1",
+                       reason="lynis audits run with CLARITY_VM_LYNIS=1 (too slow under TCG for CI)"),
+]
 
 # The goal. Every host kind must reach it.
 MIN_HARDENING_INDEX = 80

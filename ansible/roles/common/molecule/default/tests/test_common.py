@@ -193,6 +193,10 @@ def test_unattended_upgrades_take_the_security_pocket_only(host):
     # The image's apt sources lack the security pocket: the role added it.
     assert host.file("/etc/apt/sources.list.d/clarity-security.sources").contains(
         "^Suites: bookworm-security$")
+    # ... from the mirror the host already uses, "-security" appended (no mirror in the role).
+    mirror = host.run("grep -m1 -oE '^deb [^ ]+' /etc/apt/sources.list").stdout.split()[1]
+    assert host.file("/etc/apt/sources.list.d/clarity-security.sources").contains(
+        f"^URIs: {mirror.rstrip('/')}-security$")
 
 
 def test_unattended_upgrade_reads_that_configuration(host):

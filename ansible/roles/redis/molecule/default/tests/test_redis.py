@@ -1,6 +1,7 @@
 """The redis role: a hardened Redis that refuses strangers and never evicts jobs."""
 
 import pytest
+from conftest import MAX_EXPOSURE, unit_exposure
 
 PASSWORD = "molecule-redis-password-0123456789abcdef"
 CONFIG_COMMAND = "CLARITY_CONFIG_molecule"
@@ -123,6 +124,10 @@ def test_redis_exporter_serves_metrics(host):
         "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9121/metrics').read().decode())\""
     )
     assert "redis_up 1" in out.stdout
+
+
+def test_redis_exporter_runs_sandboxed(host):
+    assert unit_exposure(host, "prometheus-redis-exporter.service") <= MAX_EXPOSURE
 
 
 def test_redis_waits_for_its_private_address_and_never_stays_failed(host):
