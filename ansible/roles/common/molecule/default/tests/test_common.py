@@ -14,7 +14,9 @@ def test_clarity_is_a_system_user_without_login(host):
 def test_config_dir_is_closed_to_other_users(host):
     config = host.file("/etc/clarity")
     assert config.is_directory
-    assert config.mode == 0o750
+    # Others may only pass through (TLS on in the scenarios' inventory: the redis user reads
+    # /etc/clarity/tls/), never list it or read a file in it.
+    assert config.mode == 0o751
     assert config.group == "clarity"
 
 
