@@ -137,3 +137,138 @@ def test_redis_waits_for_its_private_address_and_never_stays_failed(host):
     assert "StartLimitIntervalUSec=0" in show
     assert "Restart=always" in show
     assert host.service(f"clarity-address-online@{address}").is_running
+
+
+# --- TLS between hosts (the clarity_tls role's certificate; docs/deploy.md) ----------------
+
+TLS = "/etc/clarity/tls"
+TLS_CLI = f"--tls --cacert {TLS}/ca.crt --cert {TLS}/host.crt --key {TLS}/host.key"
+
+
+def private_address(host) -> str:
+    return host.run("ip -4 -o route get 1.1.1.1").stdout.split("src ")[1].split()[0]
+
+
+def served_serial(host, address: str, port: int = 6380) -> str:
+    """The serial of the certificate Redis presents on its TLS port (checked against the
+    fleet's CA and the address connected to, as the Python clients check it)."""
+    out = host.run(
+        f"openssl s_client -connect {address}:{port} -CAfile {TLS}/ca.crt -verify_return_error "
+        f"-verify_ip {address} -cert {TLS}/host.crt -key {TLS}/host.key </dev/null 2>/dev/null "
+        "| openssl x509 -noout -serial")
+    assert out.rc == 0, out.stdout + out.stderr
+    return out.stdout.strip().split("=", 1)[1]
+
+
+def test_redis_config_turns_tls_on_for_clients_and_replication(host):
+    conf = host.file("/etc/redis/redis.conf")
+    for line in ("tls-port 6380", f"tls-cert-file {TLS}/host.crt", f"tls-key-file {TLS}/host.key",
+                 f"tls-ca-cert-file {TLS}/ca.crt", "tls-auth-clients yes", "tls-replication yes",
+                 'tls-protocols "TLSv1.2 TLSv1.3"'):
+        assert conf.contains(f"^{line}$"), line
+    live = cli(host, CONFIG_COMMAND, "GET", "tls-*").stdout.split()
+    assert dict(zip(live[0::2], live[1::2], strict=True))["tls-port"] == "6380"
+
+
+def test_the_host_key_is_made_here_and_readable_by_root_and_its_group_only(host):
+    key = host.file(f"{TLS}/host.key")
+    assert (key.user, key.group, key.mode) == ("root", "ssl-cert", 0o640)
+    assert "ssl-cert" in host.user("redis").groups
+    for public in ("host.crt", "ca.crt"):
+        assert host.file(f"{TLS}/{public}").mode == 0o644
+    # The certificate is of this key and of the fleet's CA.
+    pub_key = host.run(f"openssl pkey -in {TLS}/host.key -pubout").stdout
+    assert pub_key == host.run(f"openssl x509 -in {TLS}/host.crt -noout -pubkey").stdout
+    assert host.run(f"openssl verify -CAfile {TLS}/ca.crt {TLS}/host.crt").rc == 0
+
+
+def test_the_certificate_names_the_host_its_address_and_loopback(host):
+    sans = host.run(f"openssl x509 -in {TLS}/host.crt -noout -ext subjectAltName").stdout
+    hostname = host.run("hostname").stdout.strip()
+    for name in (f"DNS:{hostname}", f"IP Address:{private_address(host)}", "IP Address:127.0.0.1"):
+        assert name in sans, (name, sans)
+    usage = host.run(f"openssl x509 -in {TLS}/host.crt -noout -ext extendedKeyUsage,basicConstraints").stdout
+    assert "TLS Web Server Authentication" in usage and "TLS Web Client Authentication" in usage
+    assert "CA:FALSE" in usage
+
+
+def test_the_tls_port_answers_a_client_with_a_certificate_of_the_fleet(host):
+    address = private_address(host)
+    assert host.socket(f"tcp://{address}:6380").is_listening
+    ping = host.run(f"REDISCLI_AUTH={PASSWORD} redis-cli {TLS_CLI} -h {address} -p 6380 "
+                    "--user clarity-operator --no-auth-warning PING")
+    assert ping.stdout.strip() == "PONG", ping.stdout + ping.stderr
+    # The name check the Python clients make (REDIS_TLS_CHECK_HOSTNAME), on both addresses.
+    for target in (address, "127.0.0.1"):
+        assert served_serial(host, target)
+
+
+def test_the_tls_port_refuses_a_client_without_a_certificate_or_with_another_cas(host):
+    address = private_address(host)
+    bare = host.run(f"redis-cli --tls --cacert {TLS}/ca.crt -h {address} -p 6380 PING")
+    assert "PONG" not in bare.stdout and "NOAUTH" not in bare.stdout, bare.stdout
+    made = host.run(
+        "set -e; d=$(mktemp -d); cd $d; "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key "
+        "-out ca.crt -days 2 -subj /CN=stranger-ca 2>/dev/null; "
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout c.key "
+        "-out c.csr -subj /CN=stranger 2>/dev/null; "
+        "openssl x509 -req -in c.csr -CA ca.crt -CAkey ca.key -days 1 -out c.crt 2>/dev/null; "
+        "echo $d")
+    assert made.rc == 0, made.stderr
+    stranger = made.stdout.strip()
+    other = host.run(f"REDISCLI_AUTH={PASSWORD} redis-cli --tls --cacert {TLS}/ca.crt "
+                     f"--cert {stranger}/c.crt --key {stranger}/c.key -h {address} -p 6380 "
+                     "--user clarity-operator --no-auth-warning PING")
+    assert "PONG" not in other.stdout, other.stdout
+    host.run(f"rm -rf {stranger}")
+
+
+def test_the_firewall_refuses_the_plain_port_to_other_hosts_at_once(host):
+    ruleset = host.run("nft list chain inet filter input").stdout
+    assert 'tcp dport 6379 reject with tcp reset comment "redis plain is for loopback"' in ruleset
+    assert "tcp dport 6379 accept" not in ruleset
+
+
+def test_the_expiry_of_each_certificate_reaches_node_exporter(host):
+    assert host.service("clarity-tls-expiry.timer").is_enabled
+    assert host.run("systemctl start clarity-tls-expiry.service").rc == 0
+    metric = host.file("/var/lib/prometheus/node-exporter/clarity_tls_certificates.prom")
+    assert metric.contains(
+        f'^clarity_tls_certificate_not_after_timestamp_seconds{{path="{TLS}/host.crt",.*}} [0-9]+$')
+    assert metric.contains(f'^clarity_tls_certificate_not_after_timestamp_seconds{{path="{TLS}/ca.crt",')
+    out = host.run("python3 -c \"import urllib.request as u; "
+                   "print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())\"").stdout
+    line = next(x for x in out.splitlines()
+                if x.startswith("clarity_tls_certificate_not_after_timestamp_seconds")
+                and "host.crt" in x)
+    days_left = (float(line.split()[-1]) - float(host.run("date +%s").stdout)) / 86400
+    assert 360 < days_left <= 365, line
+
+
+def test_the_expiry_unit_is_sandboxed(host):
+    assert host.run("systemd-analyze verify /etc/systemd/system/clarity-tls-expiry.service").rc == 0
+    assert unit_exposure(host, "clarity-tls-expiry.service") <= MAX_EXPOSURE
+
+
+def test_a_certificate_near_its_end_is_reissued_and_redis_serves_it_without_a_restart(host):
+    """A run with a renewal window longer than the time left re-issues the certificate (same
+    key); Redis loads it live (CONFIG SET), its process stays the same."""
+    import os
+    from conftest import run_playbook
+
+    address = private_address(host)
+    before = served_serial(host, address)
+    pid = host.run("systemctl show -p MainPID --value redis-server").stdout.strip()
+    key = host.file(f"{TLS}/host.key").content_string
+    converge = os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml")
+    result, seconds = run_playbook("redis", converge, "-e", "clarity_tls_cert_valid_days=800",
+                                   "-e", "clarity_tls_renew_days=400", timeout=1200)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    print(f"converge with a 400-day renewal window: {seconds:.0f} s")
+    assert "new certificate (expires within 400 days)" in result.stdout
+    after = served_serial(host, address)
+    assert after != before
+    assert host.run(f"openssl x509 -in {TLS}/host.crt -noout -serial").stdout.strip() == f"serial={after}"
+    assert host.file(f"{TLS}/host.key").content_string == key
+    assert host.run("systemctl show -p MainPID --value redis-server").stdout.strip() == pid
