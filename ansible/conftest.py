@@ -102,3 +102,53 @@ def run_playbook(scenario: str, *args: str, timeout: int) -> tuple[subprocess.Co
         log.write_text(f"ansible-playbook {' '.join(args)}: rc={result.returncode}, "
                        f"{seconds:.0f} s\n{result.stdout}\n{result.stderr}")
     return result, seconds
+
+
+# --- TLS between hosts (the clarity_tls role; docs/deploy.md "TLS between hosts") ---------
+
+TLS_DIR = "/etc/clarity/tls"
+_REDIS_PROBE = r"""
+import socket, ssl, sys
+target, port, mode, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+try:
+    sock = socket.create_connection((target, port), timeout=5)
+    if mode == "tls":
+        # As the Python clients connect (REDIS_TLS_CHECK_HOSTNAME): the fleet's CA, and the
+        # server's certificate must name the address connected to.
+        ctx = ssl.create_default_context(cafile=sys.argv[6])
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        sock = ctx.wrap_socket(sock, server_hostname=target)
+    sock.sendall(b"PING\r\n")
+    print(sock.recv(200).decode(errors="replace").strip() or "EOF")
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def redis_probe(host, target: str, port: int, tls: bool = True, cert: str = f"{TLS_DIR}/host.crt",
+                key: str = f"{TLS_DIR}/host.key", ca: str = f"{TLS_DIR}/ca.crt") -> str:
+    """PING sent from `host` to `target`:`port`, plain or over TLS with a client certificate
+    ("" for none), as root: Redis' first reply line ("-NOAUTH ...": it answered), or the
+    exception the client got (ConnectionRefusedError, SSLError, TimeoutError, ...)."""
+    args = " ".join(shlex.quote(a) for a in (target, str(port), "tls" if tls else "plain",
+                                               cert, key, ca))
+    result = host.run(f"python3 -c {shlex.quote(_REDIS_PROBE)} {args}")
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
+def stranger_certificate(host) -> tuple[str, str]:
+    """A client certificate and key from a CA the fleet does not know, made on `host` now:
+    their paths (in a fresh temporary directory)."""
+    made = host.run(
+        "set -e; d=$(mktemp -d); cd $d; "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key "
+        "-out ca.crt -days 2 -subj /CN=stranger-ca 2>/dev/null; "
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout c.key "
+        "-out c.csr -subj /CN=stranger 2>/dev/null; "
+        "openssl x509 -req -in c.csr -CA ca.crt -CAkey ca.key -days 1 -out c.crt 2>/dev/null; "
+        "echo $d")
+    assert made.rc == 0, made.stderr
+    directory = made.stdout.strip()
+    return f"{directory}/c.crt", f"{directory}/c.key"

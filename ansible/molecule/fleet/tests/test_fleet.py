@@ -207,3 +207,35 @@ def test_services_binding_the_private_address_wait_for_it(redis1, unit):
 def test_time_sync_is_timesyncd_where_no_other_daemon_keeps_time(redis1):
     assert redis1.package("systemd-timesyncd").is_installed
     assert redis1.file("/etc/systemd/timesyncd.conf.d/90-clarity.conf").exists
+
+
+# --- TLS between hosts (clarity_tls role; docs/deploy.md "TLS between hosts") ------------
+
+def test_clients_use_redis_tls_with_their_hosts_certificate(worker1, worker2, admin1):
+    for host, env in ((worker1, "/etc/clarity/worker.env"), (worker2, "/etc/clarity/worker.env"),
+                      (admin1, "/etc/clarity/admin.env")):
+        text = host.file(env).content_string
+        for line in ("REDIS_TLS=true", "REDIS_PORT=6380", "REDIS_TLS_CA_FILE=/etc/clarity/tls/ca.crt",
+                     "REDIS_TLS_CERT_FILE=/etc/clarity/tls/host.crt",
+                     "REDIS_TLS_KEY_FILE=/etc/clarity/tls/host.key", "REDIS_TLS_CHECK_HOSTNAME=true"):
+            assert line in text.splitlines(), (host, line)
+        key = host.file("/etc/clarity/tls/host.key")
+        assert (key.user, key.group, key.mode) == ("root", "ssl-cert", 0o640)
+        assert "ssl-cert" in host.user("clarity").groups
+
+
+def test_prometheus_sees_every_hosts_certificate_expiry(admin1):
+    """clarity-tls-expiry exports each host's notAfter; the expiry alerts are loaded."""
+    query = "http://127.0.0.1:9090/api/v1/query?query=" + \
+        "count(clarity_tls_certificate_not_after_timestamp_seconds%7Bpath%3D%22/etc/clarity/tls/host.crt%22%7D)"
+    deadline = time.monotonic() + 120
+    while True:
+        status, _, body = http_once(admin1, query)
+        result = json.loads(body)["data"]["result"] if status == 200 else []
+        if result and result[0]["value"][1] == "4":
+            break
+        assert time.monotonic() < deadline, body
+        time.sleep(5)
+    status, _, body = http_once(admin1, "http://127.0.0.1:9090/api/v1/rules?type=alert")
+    names = {r["name"] for g in json.loads(body)["data"]["groups"] for r in g["rules"]}
+    assert {"ClarityTLSCertificateExpiresSoon", "ClarityTLSCertificateExpired"} <= names

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import http_once, podman_host, run_playbook
+from conftest import http_once, podman_host, redis_probe, run_playbook, stranger_certificate
 from conftest import wait_for as _wait_for
 
 ANSIBLE_DIR = Path(__file__).resolve().parents[3]
@@ -189,6 +189,7 @@ def test_one_primary_two_replicas_in_sync_and_three_sentinels_that_agree(fleet):
         info = replication(hosts[name])
         assert info["role"] == "slave", (name, info)
         assert info["master_host"] == addresses["ha-redis1"]
+        assert info["master_port"] == "6380"  # replication over TLS
         assert info["master_link_status"] == "up"
     # min-replicas-to-write 1 (three nodes): both replicas count as good ones.
     assert replication(hosts["ha-redis1"])["min_slaves_good_slaves"] == "2"
@@ -286,6 +287,64 @@ def test_redis_users_each_client_its_own_and_no_more(fleet):
            "admin, exporter connected as their own users; exporter and worker refused")
 
 
+def laddr_ports(host, kind: str, user: str | None = None) -> set[str]:
+    """The local ports of the node's connected clients of a type (normal, replica, pubsub),
+    of one ACL user or all: the port each came in on."""
+    ports = set()
+    for line in redis(host, "CLIENT", "LIST", "TYPE", kind).stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if user is None or fields.get("user") == user:
+            ports.add(fields["laddr"].rsplit(":", 1)[1])
+    return ports
+
+
+def test_tls_between_hosts_replication_sentinels_and_clients(fleet):
+    """TLS between hosts (docs/deploy.md): replicas replicate and sentinels watch over the TLS
+    ports; a host outside Redis gets a refusal on the plain ports at once, an answer on the
+    TLS ports with its own certificate, and a refusal with a certificate of another CA."""
+    hosts, addresses = fleet
+    primary, worker = hosts["ha-redis1"], hosts["ha-worker1"]
+    # Replication and Sentinel came in on the primary's TLS port.
+    assert laddr_ports(primary, "replica") == {"6380"}
+    assert laddr_ports(primary, "pubsub", "redis-sentinel") == {"6380"}
+    assert laddr_ports(primary, "normal", "redis-sentinel") == {"6380"}
+    for name in REDIS_HOSTS:
+        master = dict(zip(*[iter(sentinel(hosts[name], "SENTINEL", "master", "clarity"))] * 2,
+                          strict=True))
+        assert master["port"] == "6380", (name, master)
+        # The other sentinels, as they announced themselves: their TLS port.
+        others = sentinel(hosts[name], "SENTINEL", "sentinels", "clarity")
+        ports = [v for k, v in zip(others[0::2], others[1::2], strict=True) if k == "port"]
+        assert ports == ["26380", "26380"], (name, others)
+        replicas = sentinel(hosts[name], "SENTINEL", "replicas", "clarity")
+        ports = [v for k, v in zip(replicas[0::2], replicas[1::2], strict=True) if k == "port"]
+        assert ports == ["6380", "6380"], (name, replicas)
+    # From a host that is no Redis host (the worker's): every node, both services.
+    for name in REDIS_HOSTS:
+        target = addresses[name]
+        for port in (6379, 26379):
+            refused = redis_probe(worker, target, port, tls=False)
+            assert refused.startswith("ConnectionRefusedError"), (name, port, refused)
+        for port in (6380, 26380):
+            answered = redis_probe(worker, target, port)
+            assert answered.startswith("-NOAUTH"), (name, port, answered)
+    cert, key = stranger_certificate(worker)
+    for port in (6380, 26380):
+        for client_cert, client_key in ((cert, key), ("", "")):
+            refused = redis_probe(worker, addresses["ha-redis1"], port, cert=client_cert,
+                                  key=client_key)
+            assert not refused.startswith(("-NOAUTH", "+PONG")), (port, client_cert, refused)
+    worker.run(f"rm -rf {cert.rsplit('/', 1)[0]}")
+    # The worker's and the admin's own connections: over TLS, to the sentinels' TLS ports.
+    for name, env in (("ha-worker1", "/etc/clarity/worker.env"), ("ha-admin1", "/etc/clarity/admin.env")):
+        assert env_value(hosts[name], env, "REDIS_TLS") == "true"
+        sentinels = env_value(hosts[name], env, "REDIS_SENTINELS").split(",")
+        assert {s.rsplit(":", 1)[1] for s in sentinels} == {"26380"}
+    assert laddr_ports(primary, "normal", "clarity-worker") == {"6380"}
+    report("TLS between hosts on the ha fleet: replication and Sentinel on 6380/26380, plain "
+           "ports refused to the worker host, a stranger CA's certificate refused")
+
+
 # --- 2. the primary dies ----------------------------------------------------------------
 
 def test_primary_killed_replica_promoted_jobs_run_without_worker_restart_old_primary_rejoins(
@@ -373,7 +432,7 @@ def test_site_yml_after_a_failover_keeps_the_new_primary_and_restarts_no_redis(f
             assert info["role"] == "slave" and info["master_host"] == addresses[primary]
             # What Redis reads at its next start: the same role.
             conf = hosts[name].file("/etc/redis/redis.conf").content_string
-            assert f"replicaof {addresses[primary]} 6379" in conf
+            assert f"replicaof {addresses[primary]} 6380" in conf  # its TLS port
 
 
 # --- 4. backups leave the host, and restore -----------------------------------------------
