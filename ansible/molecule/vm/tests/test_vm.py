@@ -237,9 +237,11 @@ def test_nftables_ruleset_is_loaded_at_boot(boot, vms):
         chain = run(vm, "nft list chain inet filter input")
         assert "policy drop;" in chain, chain
     chain = run(vms["redis1"], "nft list chain inet filter input")
-    # The Redis port's rule: one source or a set of them (the Redis hosts are sources too,
-    # for replication); the worker must be among them. connect_from below proves the effect.
-    redis_rule = next((line for line in chain.splitlines() if "tcp dport 6379 accept" in line), "")
+    # The Redis TLS port's rule: one source or a set of them (the Redis hosts are sources
+    # too, for replication); the worker must be among them. connect_from below proves the
+    # effect. The plain port is loopback's: refused to every other host.
+    assert "tcp dport 6379 reject with tcp reset" in chain, chain
+    redis_rule = next((line for line in chain.splitlines() if "tcp dport 6380 accept" in line), "")
     sources = re.search(r"ip saddr (\{[^}]*\}|\S+)", redis_rule)
     assert sources and WORKER_ADDRESS in sources.group(1).strip("{} ").split(", "), chain
 
@@ -259,6 +261,8 @@ def connect_from(worker: vmctl.VM, source: str, port: int) -> str:
         "    print('timeout'); sys.exit()\n"
         "except ConnectionRefusedError:\n"
         "    print('refused'); sys.exit()\n"
+        "if port == 6380:\n"
+        "    print('connected'); sys.exit()\n"
         "if port == 6379:\n"
         "    s.sendall(b'PING\\r\\n')\n"
         "print(s.recv(200).decode(errors='replace').splitlines()[0])\n"
@@ -267,13 +271,16 @@ def connect_from(worker: vmctl.VM, source: str, port: int) -> str:
 
 
 def test_redis_port_is_open_to_the_worker_host_only(boot, worker1):
-    assert connect_from(worker1, WORKER_ADDRESS, 6379).startswith("-NOAUTH")
+    # TLS between hosts: the TLS port lets the worker in, the plain port refuses it.
+    assert connect_from(worker1, WORKER_ADDRESS, 6380) == "connected"
+    assert connect_from(worker1, WORKER_ADDRESS, 6379) == "refused"
     run(worker1, f"ip address add {STRANGER_ADDRESS}/32 dev eth1")
     try:
         # The stranger's packets do reach the Redis host (SSH answers it)...
         assert connect_from(worker1, STRANGER_ADDRESS, 22).startswith("SSH-2.0-")
-        # ...but its firewall drops them on Redis's port.
-        assert connect_from(worker1, STRANGER_ADDRESS, 6379) == "timeout"
+        # ...but its firewall drops them on Redis's TLS port (and refuses the plain one).
+        assert connect_from(worker1, STRANGER_ADDRESS, 6380) == "timeout"
+        assert connect_from(worker1, STRANGER_ADDRESS, 6379) == "refused"
     finally:
         run(worker1, f"ip address del {STRANGER_ADDRESS}/32 dev eth1")
 
