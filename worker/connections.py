@@ -40,6 +40,13 @@ def _timeouts(settings: Settings, timeout: float | None) -> tuple[float, float]:
     return timeout, timeout
 
 
+def ssl_kwargs(settings: Settings) -> dict:
+    """redis-py's arguments for TLS to a host given by name and port rather than a URL
+    ({} without TLS)."""
+    tls = settings.redis_tls_kwargs()
+    return {"ssl": True, **tls} if tls else {}
+
+
 def sentinel_for(settings: Settings, timeout: float | None = None) -> Sentinel:
     """A Sentinel client for the configured sentinels (cached per configuration)."""
     key = (settings.huey_key(), "sentinel", timeout)
@@ -48,7 +55,7 @@ def sentinel_for(settings: Settings, timeout: float | None = None) -> Sentinel:
         if found is None:
             target = settings.redis_target()
             socket_timeout, connect_timeout = _timeouts(settings, timeout)
-            tls = _ssl(settings)
+            tls = ssl_kwargs(settings)
             sentinel_kwargs = {"socket_timeout": connect_timeout,
                                "socket_connect_timeout": connect_timeout, **tls}
             if target.sentinel_password:
@@ -60,12 +67,6 @@ def sentinel_for(settings: Settings, timeout: float | None = None) -> Sentinel:
                              db=target.db, **tls)
             _sentinels[key] = found
         return found
-
-
-def _ssl(settings: Settings) -> dict:
-    """Connection arguments for TLS to a host named apart from a URL ({} without TLS)."""
-    tls = settings.redis_tls_kwargs()
-    return {"ssl": True, **tls} if tls else {}
 
 
 def connection_pool(settings: Settings, timeout: float | None = None) -> redis.ConnectionPool:
@@ -84,7 +85,7 @@ def connection_pool(settings: Settings, timeout: float | None = None) -> redis.C
             target.master, sentinel, username=target.username, password=target.password,
             db=target.db,
             socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
-            max_connections=MAX_CONNECTIONS, **_ssl(settings))
+            max_connections=MAX_CONNECTIONS, **ssl_kwargs(settings))
     else:
         # The URL's scheme (rediss://) picks SSLConnection; these are its arguments.
         pool = redis.ConnectionPool.from_url(
