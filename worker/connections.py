@@ -106,15 +106,14 @@ def permission_denied(exc: BaseException) -> bool:
         or "user executing the script can't" in text)
 
 
-# How TLS failures read in redis-py's errors (OpenSSL's words, through Python's ssl module).
-# Under TLS 1.3 a server that refuses the client's certificate does so after the client
-# thinks the handshake is done: the next write or read meets an EOF or an alert.
+# How TLS failures read in redis-py's errors (OpenSSL's words through Python's ssl module;
+# redis-py says "connecting to" for what failed during the handshake).
 _UNTRUSTED_SERVER = "CERTIFICATE_VERIFY_FAILED"
-_REFUSED_CLIENT = ("EOF occurred in violation of protocol", "UNEXPECTED_EOF",
-                   "CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_EXPIRED",
-                   "HANDSHAKE_FAILURE")
+_CLIENT_ALERTS = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_EXPIRED",
+                  "HANDSHAKE_FAILURE")
+_EOF = ("EOF occurred in violation of protocol", "UNEXPECTED_EOF")
 # A TLS client on a plain port: Redis takes the ClientHello for a command and answers in
-# plain text (not a TLS record), or waits for the rest of the "command" until the timeout.
+# plain text (not a TLS record), closes, or waits for the rest of it until the timeout.
 _PLAIN_PORT = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure",
                "packet length too long", "Timeout connecting")
 _CLOSED_AT_ONCE = ("Connection reset by peer", "Connection closed by server")
@@ -142,16 +141,20 @@ def tls_failure(exc: BaseException, settings: Settings) -> str | None:
                     "set REDIS_TLS_CA_FILE to the CA that signed it")
         return (f"the server's certificate is not signed by the CA in REDIS_TLS_CA_FILE "
                 f"({settings.redis_tls_ca_file}): wrong CA file")
-    if any(m in text for m in _REFUSED_CLIENT):
+    handshake = "connecting to" in text
+    eof = any(m in text for m in _EOF)
+    if any(m in text for m in _PLAIN_PORT) or (eof and handshake):
+        return ("no TLS handshake: the port looks like Redis' plain port, not its tls-port "
+                "(check REDIS_PORT, REDIS_URL or the sentinels' ports), or a firewall drops "
+                "the connection")
+    # Under TLS 1.3 a server refuses the client's certificate after the client thinks the
+    # handshake is done: the first write or read after it meets the alert, or an EOF.
+    if eof or any(m in text for m in _CLIENT_ALERTS):
         if settings.redis_tls_cert_file is None:
             return ("Redis asks for a client certificate (tls-auth-clients yes) and none is "
                     "configured: set REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE")
         return (f"Redis refused the client certificate ({settings.redis_tls_cert_file}): "
                 "not signed by the CA Redis trusts (its tls-ca-cert-file), or expired")
-    if any(m in text for m in _PLAIN_PORT):
-        return ("no TLS handshake: the port looks like Redis' plain port, not its tls-port "
-                "(check REDIS_PORT, REDIS_URL or the sentinels' ports), or a firewall drops "
-                "the connection")
     return None
 
 
