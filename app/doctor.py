@@ -4,6 +4,9 @@ Each check prints OK, WARN or FAIL; every WARN and FAIL says how to fix it. The 
 is 1 when any check fails (warnings alone exit 0), 2 when the configuration cannot be read.
 
 Checks, in order (the Redis ones stop at the first that makes the rest meaningless):
+  tls            off, or on: the CA that verifies Redis and the client certificate's expiry
+                 (a TLS failure while connecting is named under reachability, with its
+                 likely cause: wrong CA, no client certificate, a plain port)
   reachability   TCP connect and PING
   user           the Redis ACL user this process is (ACL WHOAMI, REDIS_USERNAME)
   auth           the password works, and Redis refuses clients without one
@@ -42,6 +45,7 @@ FAILED_WARN_AGE_DAYS = 7
 THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
 OVERCOMMIT_PATH = "/proc/sys/vm/overcommit_memory"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+CERT_WARN_DAYS = 21
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Doctor:
         self.results.append(Check(name, status, detail, fix))
 
     def run(self) -> list[Check]:
+        self.check_tls()
         if self.check_connection():
             checks = [self.check_user, self.check_topology, self.check_auth,
                       self.check_memory, self.check_persistence, self.check_commands,
@@ -115,8 +120,52 @@ class Doctor:
 
     # -- checks --------------------------------------------------------------------------
 
+    def check_tls(self):
+        """TLS as configured (REDIS_TLS*): the files themselves, before any connection."""
+        import datetime
+
+        s = self.settings
+        if not s.tls:
+            self.add("tls", "ok", "off: plain TCP to Redis (REDIS_TLS=true or a rediss:// "
+                     "REDIS_URL turns it on)")
+            return
+        fix = ("deploy a current certificate and key for this host, signed by the CA Redis "
+               "trusts (/etc/clarity/tls/host.crt, host.key, ca.crt on the fleet), or point "
+               "REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE and REDIS_TLS_CA_FILE at them")
+        try:
+            cas = _certificates(s.redis_tls_ca_file) if s.redis_tls_ca_file else []
+            client = _certificates(s.redis_tls_cert_file)[0] if s.redis_tls_cert_file else None
+        except (OSError, ValueError) as exc:
+            self.add("tls", "fail", f"cannot read a TLS certificate: {exc}", fix)
+            return
+        verified = ("server verified against " + ("; ".join(c.subject.rfc4514_string()
+                                                            for c in cas)
+                                                  if cas else "the system's CA store")
+                    + ("" if s.redis_tls_check_hostname else ", host names not checked"))
+        if client is None:
+            self.add("tls", "ok", f"on, {verified}; no client certificate (enough only "
+                     "while Redis does not ask for one: tls-auth-clients no)")
+            return
+        expires = client.not_valid_after_utc
+        days = (expires - datetime.datetime.now(datetime.UTC)).total_seconds() / 86400
+        detail = (f"on, {verified}; client certificate {client.subject.rfc4514_string()} "
+                  f"expires {expires:%Y-%m-%d}")
+        if days <= 0:
+            self.add("tls", "fail", f"{detail}: expired, Redis refuses it", fix)
+        elif days < CERT_WARN_DAYS:
+            self.add("tls", "warn", f"{detail}, {days:.0f} day(s) left", fix)
+        else:
+            self.add("tls", "ok", f"{detail}, {days:.0f} days left")
+
     def check_connection(self) -> bool:
-        from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+        from redis.exceptions import (
+            AuthenticationError,
+            ConnectionError,
+            ResponseError,
+            TimeoutError,
+        )
+
+        from worker.connections import tls_failure
 
         start = time.perf_counter()
         try:
@@ -136,7 +185,13 @@ class Doctor:
                          "set REDIS_PASSWORD (or redis://:PASSWORD@host:port/db in REDIS_URL)")
                 return False
             raise
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            cause = tls_failure(exc, self.settings)
+            if cause:
+                self.add("reachability", "fail", f"cannot reach Redis at {self.where} "
+                         f"(TLS {'on' if self.settings.tls else 'off'}): {exc}",
+                         f"likely cause: {cause}")
+                return False
             self.add("reachability", "fail", f"cannot reach Redis at {self.where}: {exc}",
                      "start redis-server (systemctl start redis-server, or `make up` for a "
                      "local stack) and check REDIS_HOST/REDIS_PORT or REDIS_URL and firewalls")
@@ -180,6 +235,8 @@ class Doctor:
         import redis
         from redis.exceptions import RedisError
 
+        from worker.connections import ssl_kwargs
+
         kwargs = dict(self.client.connection_pool.connection_kwargs)
         if self.settings.redis_target().sentinels:
             host, _, port = self.primary.rpartition(":")
@@ -187,9 +244,10 @@ class Doctor:
         if "path" in kwargs:
             anonymous = redis.Redis(unix_socket_path=kwargs["path"], socket_timeout=3)
         else:
+            # With TLS it shows the client certificate: only the password is left out.
             anonymous = redis.Redis(host=kwargs.get("host", "127.0.0.1"),
                                     port=kwargs.get("port", 6379), socket_timeout=3,
-                                    socket_connect_timeout=3, ssl=bool(kwargs.get("ssl")))
+                                    socket_connect_timeout=3, **ssl_kwargs(self.settings))
         try:
             anonymous.ping()
         except RedisError:
@@ -412,6 +470,15 @@ class Doctor:
                          "harmless; they age out of the admin's worker list")
 
 
+def _certificates(path) -> list:
+    """The certificates of a PEM file (a CA bundle holds several)."""
+    from pathlib import Path
+
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificates(Path(path).read_bytes())
+
+
 def _pairs(reply):
     if isinstance(reply, dict):
         return reply.items()
@@ -437,10 +504,10 @@ MARK = {"ok": ("OK", "green"), "warn": ("WARN", "yellow"), "fail": ("FAIL", "red
                    "here].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor(config_command, queues, no_workers, host_checks, as_json):
-    """Check Redis and the workers: reachability, auth, eviction policy, memory against
-    maxmemory, persistence (AOF, last save and rewrite), renamed commands, clock offset,
-    round-trip latency percentiles, failed sets (size, oldest entry), THP and overcommit
-    on the Redis host, heartbeats. Exits 1 when something is wrong; every WARN and FAIL
+    """Check Redis and the workers: TLS (CA, client certificate expiry), reachability, auth,
+    eviction policy, memory against maxmemory, persistence (AOF, last save and rewrite),
+    renamed commands, clock offset, round-trip latency percentiles, failed sets (size,
+    oldest entry), THP and overcommit on the Redis host, heartbeats. Exits 1 when something is wrong; every WARN and FAIL
     says how to fix it (more in docs/troubleshooting.md)."""
     from worker.queues import QUEUE_NAMES
     from worker.settings import SettingsError, load_settings

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from app.devstack.sentinel import SentinelGroup
-from tests.helpers import recorded, wait_for
+from tests.helpers import recorded_safe, wait_for
 from worker.connections import topology
 from worker.management import QueueManager
 from worker.producer import enqueue
@@ -94,13 +94,6 @@ def test_primary_killed_under_load_fails_over_and_every_acknowledged_job_runs(
               "doneOverTime": samples}
     (artifacts / "failover.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nfailover: {report}")
-
-
-def recorded_safe() -> list[str]:
-    try:
-        return recorded("done")
-    except redis.RedisError:
-        return []
 
 
 def test_an_enqueue_is_acknowledged_only_once_a_replica_has_it(configure, sentinels):

@@ -12,9 +12,9 @@ import sys
 import time
 
 import click
-from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+from redis.exceptions import AuthenticationError, ConnectionError, ResponseError, TimeoutError
 
-from worker.connections import permission_denied
+from worker.connections import permission_denied, tls_failure
 from worker.queues import QUEUE_NAMES
 from worker.settings import SettingsError, get_settings
 
@@ -31,11 +31,16 @@ def explain_core_error(exc: Exception) -> str | None:
     if isinstance(exc, ResponseError) and permission_denied(exc):
         return (f"Redis user {_redis_user()} lacks permission for this ({exc}): see "
                 "docs/deploy.md#redis-users for what each user may do")
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, ConnectionError | TimeoutError):
         try:
-            where = get_settings().redis_display()
+            settings = get_settings()
         except SettingsError:
-            where = "the configured address"
+            settings = None
+        where = settings.redis_display() if settings else "the configured address"
+        cause = tls_failure(exc, settings) if settings else None
+        if cause:
+            return (f"cannot reach Redis at {where}: {exc}. Likely cause: {cause}; "
+                    "`clarity doctor` checks the setup.")
         return (f"cannot reach Redis at {where}: {exc}. Is redis-server running? Check "
                 "REDIS_HOST/REDIS_PORT (or REDIS_URL); `clarity doctor` checks the setup.")
     if isinstance(exc, ResponseError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -71,6 +73,15 @@ class Settings(ClarityBaseSettings):
     # Sentinel, 0 without. 0 turns it off.
     redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
     redis_wait_timeout_ms: int = Field(default=1000, ge=10, le=60_000)
+    # TLS to Redis (and, with Sentinel, to the sentinels and the primary they name alike):
+    # REDIS_TLS=true, or a rediss:// REDIS_URL. The CA bundle that verifies the servers
+    # (none: the system's store); a client certificate and key for `tls-auth-clients yes`.
+    redis_tls: bool = False
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    # Servers' certificates name their host's DNS name and addresses (Sentinel hands out IPs).
+    redis_tls_check_hostname: bool = True
 
     # Message signing (HMAC-SHA256). Shared by producers and workers.
     signing_secret: SecretStr = Field(alias="JOB_SIGNING_SECRET")
@@ -112,6 +123,30 @@ class Settings(ClarityBaseSettings):
         value = value.upper()
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file",
+                     mode="before")
+    @classmethod
+    def _empty_path(cls, value):
+        # An empty variable (a template that renders nothing) means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        try:
+            value.read_bytes()
+        except OSError as exc:  # the path is no secret; the contents never appear
+            raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from None
+        if info.field_name == "redis_tls_ca_file":
+            try:  # as redis-py will load it: a bad bundle stops startup, not a connection
+                ssl.create_default_context().load_verify_locations(cafile=value)
+            except ssl.SSLError as exc:
+                raise ValueError(f"{value} is not a PEM CA bundle ({exc.reason or exc})") \
+                    from None
         return value
 
     @field_validator("worker_queues")
@@ -166,14 +201,64 @@ class Settings(ClarityBaseSettings):
         if target.sentinels and self.redis_url is not None and not url.startswith(
                 "redis+sentinel://"):
             raise ValueError("give either REDIS_URL or REDIS_SENTINELS, not both")
+        self._check_tls()
         return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether Redis (and the sentinels) are reached over TLS."""
+        url = self.redis_url.get_secret_value() if self.redis_url is not None else ""
+        return self.redis_tls or url.startswith("rediss://")
+
+    def _check_tls(self) -> None:
+        files = {"REDIS_TLS_CA_FILE": self.redis_tls_ca_file,
+                 "REDIS_TLS_CERT_FILE": self.redis_tls_cert_file,
+                 "REDIS_TLS_KEY_FILE": self.redis_tls_key_file}
+        url = self.redis_url.get_secret_value() if self.redis_url is not None else ""
+        if not self.tls:
+            for name, path in files.items():
+                if path is not None:
+                    raise ValueError(f"{name} is set but TLS is off: use rediss:// or "
+                                     "REDIS_TLS=true")
+            return
+        if url.startswith("unix://"):
+            raise ValueError("REDIS_TLS is on but REDIS_URL is a unix:// socket, which has "
+                             "no TLS: use rediss://host:port/db")
+        if url.startswith("redis://"):
+            raise ValueError("REDIS_TLS is on but REDIS_URL says redis:// (plain TCP): "
+                             "use rediss://")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            given, missing = (("REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE")
+                              if self.redis_tls_key_file is None
+                              else ("REDIS_TLS_KEY_FILE", "REDIS_TLS_CERT_FILE"))
+            raise ValueError(f"{given} is set but {missing} is not: a client certificate "
+                             "needs its key (give both, or neither)")
+        if self.redis_tls_cert_file is not None:
+            try:  # as redis-py will load them
+                ssl.create_default_context().load_cert_chain(self.redis_tls_cert_file,
+                                                             self.redis_tls_key_file)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"REDIS_TLS_CERT_FILE / REDIS_TLS_KEY_FILE: {self.redis_tls_cert_file} "
+                    f"and {self.redis_tls_key_file} are not a PEM certificate and its "
+                    f"unencrypted key ({exc.reason or exc})") from None
+
+    def redis_tls_kwargs(self) -> dict:
+        """redis-py's ssl_* connection arguments ({} without TLS); `ssl=True` is the
+        caller's business (a rediss:// URL says it already)."""
+        if not self.tls:
+            return {}
+        ca, cert, key = (str(p) if p is not None else None for p in (
+            self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file))
+        return {"ssl_ca_certs": ca, "ssl_certfile": cert, "ssl_keyfile": key,
+                "ssl_check_hostname": self.redis_tls_check_hostname}
 
     def huey_key(self) -> str:
         """What a queue's Huey instance depends on, hashed: callers that pass different
         settings (another Redis, a rotated secret) get their own instance."""
         if self._huey_key is None:
             parts = (self.redis_connection_url(), self.redis_username or "",
-                     self.redis_sentinels,
+                     self.redis_sentinels, repr(sorted(self.redis_tls_kwargs().items())),
                      self.redis_sentinel_master, self.redis_key_prefix,
                      self.signing_secret.get_secret_value(), *self.previous_signing_secrets,
                      repr(self.lease_seconds), str(self.max_deliveries), self.task_modules)
@@ -230,22 +315,24 @@ class Settings(ClarityBaseSettings):
         if self.redis_password is not None:
             auth = (quote(self.redis_username or "", safe="") + ":"
                     + quote(self.redis_password.get_secret_value(), safe="") + "@")
-        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
     def redis_display(self) -> str:
         """Where Redis is, safe for logs."""
         target = self.redis_target()
         if target.sentinels:
             hosts = ",".join(f"{h}:{p}" for h, p in target.sentinels)
-            return f"redis+sentinel://{hosts}/{target.master}/{target.db}"
+            return (f"redis+sentinel://{hosts}/{target.master}/{target.db}"
+                    + (" (TLS)" if self.tls else ""))
         if self.redis_url is not None:
             url = self.redis_url.get_secret_value()
             if "@" in url:
                 scheme, rest = url.split("://", 1)
                 url = f"{scheme}://***@{rest.split('@', 1)[1]}"
             return url
-        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
-
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """A real redis-server started from redis/redis.conf (password on, commands renamed), or with
-the ACL users of redis/users.acl.j2 (`acl=`: user -> passwords; the `default` user off)."""
+the ACL users of redis/users.acl.j2 (`acl=`: user -> passwords; the `default` user off), and
+optionally TLS only (`tls=`: app.devstack.tls.TlsFiles)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
 from app.devstack import REPO, redis_acl
 from app.devstack.processes import Child, free_port, real_clock_env, tail
+
+if TYPE_CHECKING:  # its module needs `cryptography`, which only making certificates does
+    from app.devstack.tls import TlsFiles
 
 CONF = REPO / "redis" / "redis.conf"
 PASSWORD = "test-redis-password-1f2e"
@@ -31,7 +36,9 @@ class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None, password: str = PASSWORD,
                  extra: tuple[str, ...] = (), *, conf: Path = CONF, maxmemory: str = "1gb",
                  save: bool = False, acl: dict[str, str | list[str]] | None = None,
-                 acl_prefix: str = "clarity", username: str | None = None):
+                 acl_prefix: str = "clarity", username: str | None = None,
+                 tls: TlsFiles | None = None, tls_auth_clients: str = "yes",
+                 plain_port: int = 0):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
         self.dir = Path(workdir)
@@ -44,6 +51,9 @@ class RedisServer:
         self.save = save
         self.acl = dict(acl) if acl is not None else None
         self.acl_prefix = acl_prefix
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
+        self.plain_port = plain_port
         self.username = None
         if self.acl is not None:
             self.username = username or redis_acl.OPERATOR
@@ -61,9 +71,14 @@ class RedisServer:
         conf = self.dir / "redis.conf"
         if self.conf.resolve() != conf.resolve():
             shutil.copyfile(self.conf, conf)
-        args = ["redis-server", str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
+        args = ["redis-server", str(conf), "--bind", "127.0.0.1",
                 "--dir", str(self.dir.resolve()), "--daemonize", "no", "--logfile", "",
                 "--maxmemory", self.maxmemory]
+        if self.tls is not None:
+            args += ["--port", str(self.plain_port), "--tls-port", str(self.port),
+                     *self.tls.redis_args(self.tls_auth_clients)]
+        else:
+            args += ["--port", str(self.port)]
         if self.acl is not None:
             args += ["--aclfile", str(self.write_acl())]
         else:
@@ -89,7 +104,11 @@ class RedisServer:
 
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis(port=self.port, username=self.username, password=self.password,
-                           **kwargs)
+                           **self.tls_kwargs, **kwargs)
+
+    @property
+    def tls_kwargs(self) -> dict:
+        return self.tls.client_kwargs() if self.tls is not None else {}
 
     # -- ACL users ------------------------------------------------------------------------
 
@@ -104,7 +123,7 @@ class RedisServer:
     def client_as(self, user: str, password: str | None = None, **kwargs) -> redis.Redis:
         return redis.Redis(port=self.port, username=user,
                            password=password if password is not None else self.password_of(user),
-                           **kwargs)
+                           **self.tls_kwargs, **kwargs)
 
     def write_acl(self) -> Path:
         return redis_acl.write(self.acl_path, self.acl, self.acl_prefix)
@@ -148,4 +167,6 @@ class RedisServer:
                "REDIS_PASSWORD": self.password, "REDIS_DB": "0"}
         if self.username is not None:
             env["REDIS_USERNAME"] = self.username
+        if self.tls is not None:
+            env.update(self.tls.env)
         return env

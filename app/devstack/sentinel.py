@@ -7,19 +7,27 @@ sentinels told the new name), AOF on.
 
 With `acl` (user -> passwords, as RedisServer takes them) the nodes run the ACL users of
 redis/users.acl.j2 as deployed: replicas authenticate as `redis-replication` (masteruser),
-the sentinels as `redis-sentinel` (auth-user), clients as `username`."""
+the sentinels as `redis-sentinel` (auth-user), clients as `username`.
+
+With `tls` (app.devstack.tls.TlsFiles) every node and sentinel listens with TLS only, with
+`tls-replication yes`: replication, the sentinels' links to the nodes and to each other, and
+clients all need a certificate of the same CA, as on the deployed hosts."""
 
 from __future__ import annotations
 
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
 from app.devstack import redis_acl
 from app.devstack.processes import Child, free_port, real_clock_env, tail
 from app.devstack.redis_server import PASSWORD, RedisServer
+
+if TYPE_CHECKING:
+    from app.devstack.tls import TlsFiles
 
 MASTER = "clarity"
 CONFIG_COMMAND = "CLARITY_CONFIG_b3f1c9"  # as renamed in redis/redis.conf
@@ -30,7 +38,7 @@ class SentinelGroup:
                  master: str = MASTER, password: str = PASSWORD, down_after_ms: int = 1000,
                  failover_timeout_ms: int = 5000, extra: tuple[str, ...] = (),
                  acl: dict | None = None, acl_prefix: str = "clarity",
-                 username: str | None = None):
+                 username: str | None = None, tls: TlsFiles | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.master = master
@@ -38,6 +46,7 @@ class SentinelGroup:
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.acl = acl
+        self.tls = tls
         self.username = None
         self.auth_user = ""
         auth_pass = password
@@ -54,7 +63,8 @@ class SentinelGroup:
         # No delay before a full sync (production keeps Redis' default of 5 s).
         auth = (*masterauth, "--repl-diskless-sync-delay", "0", *extra)
         self.nodes = [RedisServer(self.dir / f"node{i}", password=password, extra=auth,
-                                  acl=acl, acl_prefix=acl_prefix, username=self.username)
+                                  acl=acl, acl_prefix=acl_prefix, username=self.username,
+                                  tls=tls)
                       for i in range(replicas + 1)]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinels: list[Child] = []
@@ -96,7 +106,9 @@ class SentinelGroup:
             f"sentinel failover-timeout {self.master} {self.failover_timeout_ms}\n"
             f"sentinel parallel-syncs {self.master} 1\n"
             f"sentinel rename-command {self.master} CONFIG {CONFIG_COMMAND}\n")
-        child = Child(f"sentinel {port}", ["redis-server", str(conf), "--sentinel"],
+        tls = () if self.tls is None else (
+            "--port", "0", "--tls-port", str(port), *self.tls.redis_args())
+        child = Child(f"sentinel {port}", ["redis-server", str(conf), "--sentinel", *tls],
                       self.dir / f"sentinel-{port}.log", real_clock_env()).start()
         self.sentinels.append(child)
         deadline = time.monotonic() + 10
@@ -117,7 +129,8 @@ class SentinelGroup:
     # -- looking --------------------------------------------------------------------------
 
     def sentinel_client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(port=port, socket_timeout=2, decode_responses=True,
+                           **(self.tls.client_kwargs() if self.tls is not None else {}))
 
     def primary_port(self) -> int | None:
         """The primary the sentinels name now (None while they cannot say)."""
@@ -146,6 +159,8 @@ class SentinelGroup:
                "REDIS_DB": "0"}
         if self.username:
             env["REDIS_USERNAME"] = self.username
+        if self.tls is not None:
+            env.update(self.tls.env)
         return env
 
 
