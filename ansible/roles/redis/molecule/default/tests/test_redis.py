@@ -249,29 +249,3 @@ def test_the_expiry_of_each_certificate_reaches_node_exporter(host):
 def test_the_expiry_unit_is_sandboxed(host):
     assert host.run("systemd-analyze verify /etc/systemd/system/clarity-tls-expiry.service").rc == 0
     assert unit_exposure(host, "clarity-tls-expiry.service") <= MAX_EXPOSURE
-
-
-def test_a_certificate_near_its_end_is_reissued_and_redis_serves_it_without_a_restart(host):
-    """A run with a renewal window longer than the time left re-issues the certificate (same
-    key); Redis loads it live (CONFIG SET), its process stays the same."""
-    import os
-    from conftest import run_playbook
-
-    address = private_address(host)
-    before = served_serial(host, address)
-    pid = host.run("systemctl show -p MainPID --value redis-server").stdout.strip()
-    key = host.file(f"{TLS}/host.key").content_string
-    # The two roles involved (the scenario's converge minus common and monitoring: shorter).
-    play = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "renew.yml")
-    with open(play, "w", encoding="utf-8") as out:
-        out.write("- hosts: all\n  become: true\n  roles: [clarity_tls, redis]\n")
-    result, seconds = run_playbook("redis", play, "-e", "clarity_tls_cert_valid_days=800",
-                                   "-e", "clarity_tls_renew_days=400", timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    print(f"clarity_tls and redis with a 400-day renewal window: {seconds:.0f} s")
-    assert "new certificate (expires within 400 days)" in result.stdout
-    after = served_serial(host, address)
-    assert after != before
-    assert host.run(f"openssl x509 -in {TLS}/host.crt -noout -serial").stdout.strip() == f"serial={after}"
-    assert host.file(f"{TLS}/host.key").content_string == key
-    assert host.run("systemctl show -p MainPID --value redis-server").stdout.strip() == pid
