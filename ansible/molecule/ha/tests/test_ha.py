@@ -517,3 +517,56 @@ def test_backup_shipped_off_host_then_restore_yml_brings_the_jobs_back_and_they_
     wait_for(lambda: not jobs_left(admin, waiting), 120, "the restored waiting jobs to run")
     wait_for(lambda: not jobs_left(admin, delayed), 180, "the restored delayed jobs to run")
     assert counts(admin)["failed"] == 0
+
+
+# --- 5. certificates renewed in place -------------------------------------------------------
+
+def served_serial(host, address: str, port: int = 6380) -> str:
+    """The serial of the certificate the node on `host` presents on `port` (checked against
+    the fleet's CA and the address, as the Python clients check it)."""
+    tls = "/etc/clarity/tls"
+    out = host.run(
+        f"openssl s_client -connect {address}:{port} -CAfile {tls}/ca.crt -verify_return_error "
+        f"-verify_ip {address} -cert {tls}/host.crt -key {tls}/host.key </dev/null 2>/dev/null "
+        "| openssl x509 -noout -serial")
+    assert out.rc == 0, out.stdout + out.stderr
+    return out.stdout.strip().split("=", 1)[1]
+
+
+def test_certificates_near_their_end_are_reissued_and_redis_serves_them_without_a_restart(fleet):
+    """site.yml with a renewal window longer than the certificates have left (400 of 365
+    days) re-issues every host's certificate with the host's own key; each Redis node serves
+    its new certificate without a restart (CONFIG SET), the sentinels restart on theirs, and
+    replication, Sentinel and a client's new connection all work across the new ones."""
+    hosts, addresses = fleet
+    primary = primary_by_sentinels(hosts, addresses)
+    before = {n: served_serial(hosts[n], addresses[n]) for n in REDIS_HOSTS}
+    pids = {n: hosts[n].run("systemctl show -p MainPID --value redis-server").stdout.strip()
+            for n in REDIS_HOSTS}
+    keys = {n: hosts[n].file("/etc/clarity/tls/host.key").content_string for n in hosts}
+    result, seconds = playbook("site.yml", "--tags", "tls,redis", "-e", "clarity_tls_cert_valid_days=800",
+                               "-e", "clarity_tls_renew_days=400", timeout=1500)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.stdout.count("new certificate (expires within 400 days)") == len(hosts), \
+        result.stdout[-4000:]
+    report(f"site.yml --tags tls,redis re-issuing every certificate (5 hosts): {seconds:.0f} s")
+    for name in REDIS_HOSTS:
+        host = hosts[name]
+        after = served_serial(host, addresses[name])
+        assert after != before[name], name
+        assert host.run("openssl x509 -in /etc/clarity/tls/host.crt -noout -serial"
+                        ).stdout.strip() == f"serial={after}"
+        assert host.run("systemctl show -p MainPID --value redis-server").stdout.strip() == pids[name]
+        assert served_serial(host, addresses[name], 26380) == after  # the restarted sentinel
+    for name, host in hosts.items():
+        assert host.file("/etc/clarity/tls/host.key").content_string == keys[name], name
+    assert primary_by_sentinels(hosts, addresses) == primary
+    for name in REDIS_HOSTS:
+        if name != primary:
+            wait_for(lambda n=name: replication(hosts[n]).get("master_link_status") == "up", 60,
+                     f"{name}'s replication link after the renewal")
+        wait_for(lambda n=name: dict(zip(*[iter(sentinel(hosts[n], "SENTINEL", "master", "clarity"))] * 2,
+                                         strict=True)).get("num-other-sentinels") == "2",
+                 90, f"the sentinel on {name} to see the other two again")
+    # A client's new connection: the admin's, through the sentinels, to the primary.
+    assert counts(hosts["ha-admin1"])["failed"] == 0
