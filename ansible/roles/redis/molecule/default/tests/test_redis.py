@@ -1,5 +1,7 @@
 """The redis role: a hardened Redis that refuses strangers and never evicts jobs."""
 
+import re
+
 import pytest
 from conftest import MAX_EXPOSURE, unit_exposure
 
@@ -166,8 +168,10 @@ def test_redis_config_turns_tls_on_for_clients_and_replication(host):
                  f"tls-ca-cert-file {TLS}/ca.crt", "tls-auth-clients yes", "tls-replication yes",
                  'tls-protocols "TLSv1.2 TLSv1.3"'):
         assert conf.contains(f"^{line}$"), line
-    live = cli(host, CONFIG_COMMAND, "GET", "tls-*").stdout.split()
-    assert dict(zip(live[0::2], live[1::2], strict=True))["tls-port"] == "6380"
+    live = cli(host, CONFIG_COMMAND, "GET", "tls-port").stdout.split()
+    assert live == ["tls-port", "6380"]
+    replication = cli(host, CONFIG_COMMAND, "GET", "tls-replication").stdout.split()
+    assert replication == ["tls-replication", "yes"]
 
 
 def test_the_host_key_is_made_here_and_readable_by_root_and_its_group_only(host):
@@ -234,9 +238,11 @@ def test_the_expiry_of_each_certificate_reaches_node_exporter(host):
     assert host.service("clarity-tls-expiry.timer").is_enabled
     assert host.run("systemctl start clarity-tls-expiry.service").rc == 0
     metric = host.file("/var/lib/prometheus/node-exporter/clarity_tls_certificates.prom")
-    assert metric.contains(
-        f'^clarity_tls_certificate_not_after_timestamp_seconds{{path="{TLS}/host.crt",.*}} [0-9]+$')
-    assert metric.contains(f'^clarity_tls_certificate_not_after_timestamp_seconds{{path="{TLS}/ca.crt",')
+    assert metric.mode == 0o644
+    text = metric.content_string
+    for path in ("host.crt", "ca.crt"):
+        pattern = rf'^clarity_tls_certificate_not_after_timestamp_seconds{{path="{TLS}/{path}",.*}} [0-9]+$'
+        assert re.search(pattern, text, re.MULTILINE), (path, text)
     out = host.run("python3 -c \"import urllib.request as u; "
                    "print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())\"").stdout
     line = next(x for x in out.splitlines()
