@@ -83,18 +83,30 @@ def test_job_enqueued_through_nginx_runs(admin1):
 
 
 def test_redis_is_shared_on_the_private_network_and_refuses_strangers(redis1, worker1):
+    """From a worker host: Redis's plain port refuses the connection (TLS between hosts: it
+    serves loopback only); its TLS port, with the host's certificate but no password, is
+    refused by Redis (NOAUTH)."""
     target = address(redis1)
+    tls = "/etc/clarity/tls"
     probe = (
         "import redis\n"
-        f"r = redis.Redis({target!r}, socket_timeout=5)\n"
-        "try:\n    r.set('stranger', '1')\n"
-        "except redis.exceptions.AuthenticationError:\n    print('refused')\n"
+        f"plain = redis.Redis({target!r}, socket_timeout=5)\n"
+        "try:\n    plain.set('stranger', '1')\n"
+        "except redis.exceptions.ConnectionError as exc:\n"
+        "    print('plain refused' if 'refused' in str(exc) else f'plain error {exc}')\n"
+        "else:\n    print('plain accepted')\n"
+        f"secure = redis.Redis({target!r}, port=6380, socket_timeout=5, ssl=True,\n"
+        f"                     ssl_ca_certs='{tls}/ca.crt', ssl_certfile='{tls}/host.crt',\n"
+        f"                     ssl_keyfile='{tls}/host.key')\n"
+        "try:\n    secure.set('stranger', '1')\n"
+        "except redis.exceptions.AuthenticationError:\n    print('tls refused')\n"
         "except redis.exceptions.ResponseError as exc:\n"
-        "    print('refused' if 'NOAUTH' in str(exc) else f'error {exc}')\n"
-        "else:\n    print('accepted')\n"
+        "    print('tls refused' if 'NOAUTH' in str(exc) else f'tls error {exc}')\n"
+        "else:\n    print('tls accepted')\n"
     )
     result = worker1.run(f"/opt/clarity/current/bin/python -c {shlex.quote(probe)}")
-    assert result.stdout.strip() == "refused", result.stdout + result.stderr
+    assert result.stdout.split("\n")[:2] == ["plain refused", "tls refused"], \
+        result.stdout + result.stderr
 
 
 def test_admin_health_through_nginx_needs_the_key(admin1):
