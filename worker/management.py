@@ -218,13 +218,17 @@ class QueueManager:
               "reason", "error_type", "error", "traceback", "attempts", "first_failed",
               "last_failed", "msg")
 
-    def _describe(self, queue: str, job_id: str, values: list, score=None) -> dict:
-        """A job for people: `values` are the job hash's FIELDS (HMGET), or None."""
+    def _describe(self, queue: str, job_id: str, values: list, score=None,
+                  summarize: bool = True) -> dict:
+        """A job for people: `values` are the job hash's FIELDS (HMGET), or None. Without
+        `summarize` the payloadSummary is left to the caller (the admin makes it from the
+        redacted payload; a page of 50 paid for every summary twice)."""
         (task, state, prio, enq, deliveries, eta, consumer, leased_at, reason, error_type,
          error, tb, attempts, first_failed, last_failed, msg) = values
         body = peek_job(msg or b"")
         payload = (body.get("args") or [None])[0]
-        summary = json.dumps(payload, separators=(",", ":")) if payload is not None else ""
+        summary = (json.dumps(payload, separators=(",", ":"))
+                   if summarize and payload is not None else "")
         state = _text(state)
         job = {
             "id": job_id, "queue": queue, "task": _text(task) or body.get("task"),
@@ -297,7 +301,8 @@ class QueueManager:
         jobs = []
         for (job_id, score), values in zip(page, rows[2::3], strict=True):
             if values[1] is not None:
-                job, payload = self._describe(queue, _text(job_id), values, score)
+                job, payload = self._describe(queue, _text(job_id), values, score,
+                                              summarize=not payloads)
                 if state == "waiting":
                     job["priority"] = score_priority(score)
                 if payloads:
@@ -358,7 +363,8 @@ class QueueManager:
         jobs = []
         for (job_id, score), values in zip(matches, pipe.execute(), strict=True):
             if values[1] is not None:
-                job, payload = self._describe(queue, job_id, values, score)
+                job, payload = self._describe(queue, job_id, values, score,
+                                              summarize=not payloads)
                 if state == "waiting":
                     job["priority"] = score_priority(score)
                 if payloads:
