@@ -5,7 +5,10 @@ is 1 when any check fails (warnings alone exit 0), 2 when the configuration cann
 
 Checks, in order (the Redis ones stop at the first that makes the rest meaningless):
   reachability   TCP connect and PING
+  user           the Redis ACL user this process is (ACL WHOAMI, REDIS_USERNAME)
   auth           the password works, and Redis refuses clients without one
+  (any check)    a command the ACL user may not run fails that check, naming the user and
+                 the command (docs/deploy.md#redis-users says what each user may do)
   eviction       maxmemory-policy noeviction (an LRU policy silently drops jobs), maxmemory set
   memory         used memory against maxmemory (noeviction: at 100 % every write fails)
   persistence    AOF on, and the last RDB save, AOF write and AOF rewrite succeeded
@@ -75,18 +78,36 @@ class Doctor:
 
     def run(self) -> list[Check]:
         if self.check_connection():
-            self.check_topology()
-            self.check_auth()
-            self.check_memory()
-            self.check_persistence()
-            self.check_commands()
-            self.check_clock()
-            self.check_latency()
-            self.check_failed_sets()
-            self.check_host()
+            checks = [self.check_user, self.check_topology, self.check_auth,
+                      self.check_memory, self.check_persistence, self.check_commands,
+                      self.check_clock, self.check_latency, self.check_failed_sets,
+                      self.check_host]
             if self.check_workers:
-                self.check_heartbeats()
+                checks.append(self.check_heartbeats)
+            for check in checks:
+                self.guarded(check)
         return self.results
+
+    def guarded(self, check) -> None:
+        """Run one check; a command this ACL user may not run fails that check alone."""
+        from redis.exceptions import ResponseError
+
+        from worker.connections import permission_denied
+
+        try:
+            check()
+        except ResponseError as exc:
+            if not permission_denied(exc):
+                raise
+            name = check.__name__.removeprefix("check_")
+            self.add(name, "fail", f"Redis user {self.user} lacks permission for what this "
+                     f"check runs: {exc}",
+                     "see docs/deploy.md#redis-users (what each user may do); run the check "
+                     "with the user it is meant for, or fix the ACL in redis/users.acl.j2")
+
+    @property
+    def user(self) -> str:
+        return getattr(self, "_user", None) or self.settings.redis_target().username or "default"
 
     @property
     def failed(self) -> bool:
@@ -102,8 +123,11 @@ class Doctor:
             self.client.ping()
         except AuthenticationError as exc:
             self.add("reachability", "ok", f"{self.where} is reachable")
-            self.add("auth", "fail", f"Redis refused the password: {exc}",
-                     "set REDIS_PASSWORD (or the password in REDIS_URL) to Redis' requirepass")
+            self.add("auth", "fail", f"Redis refused user {self.user} with this password: "
+                     f"{exc}",
+                     "set REDIS_USERNAME and REDIS_PASSWORD (or redis://user:password@ in "
+                     "REDIS_URL) to an ACL user's (docs/deploy.md#redis-users), or to "
+                     "Redis' requirepass without a user")
             return False
         except ResponseError as exc:
             if "NOAUTH" in str(exc):
@@ -120,6 +144,21 @@ class Doctor:
         rtt = (time.perf_counter() - start) * 1000
         self.add("reachability", "ok", f"{self.where} answers PING ({rtt:.1f} ms)")
         return True
+
+    def check_user(self):
+        """Which ACL user Redis says this process is (REDIS_USERNAME; `default` without)."""
+        reply = self.client.execute_command("ACL", "WHOAMI")
+        self._user = _text(reply)
+        configured = self.settings.redis_target().username or "default"
+        if self._user != configured:
+            self.add("user", "fail", f"connected as Redis user {self._user}, configured "
+                     f"{configured}", "check REDIS_USERNAME (or the user in REDIS_URL)")
+        elif self._user == "default":
+            # A local stack (`clarity up`, requirepass); the deployed fleet has ACL users.
+            self.add("user", "ok", "connected as Redis' `default` user (no REDIS_USERNAME; "
+                     "deployed hosts use the ACL users of docs/deploy.md#redis-users)")
+        else:
+            self.add("user", "ok", f"connected as Redis user {self._user}")
 
     def check_topology(self):
         from worker import connections

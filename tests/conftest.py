@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devstack import REPO
+from app.devstack import REPO, redis_acl
 from app.devstack.postgres import ENV_URL, PostgresCluster
 from app.devstack.redis_server import RedisServer
 from tests.helpers import WorkerProcess, clarity_env, leftover_processes
@@ -38,9 +38,23 @@ def pytest_sessionfinish(session, exitstatus):
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--redis-user", default=os.environ.get("CLARITY_TEST_REDIS_USER", ""),
+        help="start the session's Redis with the ACL users of redis/users.acl.j2 (the "
+             "`default` user off) and connect every test as this user, e.g. clarity-worker "
+             "(env CLARITY_TEST_REDIS_USER)")
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+def redis_server(tmp_path_factory, pytestconfig):
+    user = pytestconfig.getoption("--redis-user")
+    if user:
+        # The tests' key prefixes are t<random>: the rules are rendered for the glob `t*`.
+        server = RedisServer(tmp_path_factory.mktemp("redis"), acl=redis_acl.test_passwords(),
+                             acl_prefix="t*", username=user).start()
+    else:
+        server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
 

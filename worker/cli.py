@@ -14,6 +14,7 @@ import time
 import click
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 
+from worker.connections import permission_denied
 from worker.queues import QUEUE_NAMES
 from worker.settings import SettingsError, get_settings
 
@@ -25,7 +26,11 @@ def explain_core_error(exc: Exception) -> str | None:
     if isinstance(exc, SettingsError):
         return str(exc)
     if isinstance(exc, AuthenticationError):
-        return f"Redis refused the password ({exc}): check REDIS_PASSWORD or REDIS_URL"
+        return (f"Redis refused the password ({exc}): check REDIS_USERNAME and "
+                "REDIS_PASSWORD, or REDIS_URL")
+    if isinstance(exc, ResponseError) and permission_denied(exc):
+        return (f"Redis user {_redis_user()} lacks permission for this ({exc}): see "
+                "docs/deploy.md#redis-users for what each user may do")
     if isinstance(exc, ConnectionError):
         try:
             where = get_settings().redis_display()
@@ -36,6 +41,13 @@ def explain_core_error(exc: Exception) -> str | None:
     if isinstance(exc, ResponseError):
         return f"Redis answered with an error: {exc}"
     return None
+
+
+def _redis_user() -> str:
+    try:
+        return get_settings().redis_target().username or "default"
+    except SettingsError:
+        return "(unknown)"
 
 
 class ClarityGroup(click.Group):

@@ -5,6 +5,10 @@ With Sentinel, redis-py's SentinelConnectionPool asks the sentinels for the prim
 connects, and again when the one it knew stops being primary (a connection error, or a
 READONLY answer from a demoted primary): a failover needs no restart. Pools are shared per
 process and configuration, as Huey's instances are.
+
+Every connection authenticates as REDIS_USERNAME (a Redis ACL user, redis/users.acl.j2) when
+one is set, with the user in a redis:// URL, or as `default`; sentinels keep their own
+password (REDIS_SENTINEL_PASSWORD).
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def sentinel_for(settings: Settings, timeout: float | None = None) -> Sentinel:
             found = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs,
                              socket_timeout=socket_timeout,
                              socket_connect_timeout=connect_timeout,
-                             password=target.password, db=target.db)
+                             username=target.username, password=target.password,
+                             db=target.db)
             _sentinels[key] = found
         return found
 
@@ -63,7 +68,8 @@ def connection_pool(settings: Settings, timeout: float | None = None) -> redis.C
     if target.sentinels:
         sentinel = sentinel_for(settings, timeout)
         pool = SentinelConnectionPool(
-            target.master, sentinel, password=target.password, db=target.db,
+            target.master, sentinel, username=target.username, password=target.password,
+            db=target.db,
             socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
             max_connections=MAX_CONNECTIONS)
     else:
@@ -72,6 +78,17 @@ def connection_pool(settings: Settings, timeout: float | None = None) -> redis.C
             max_connections=MAX_CONNECTIONS)
     with _lock:
         return _pools.setdefault(key, pool)
+
+
+def permission_denied(exc: BaseException) -> bool:
+    """Whether Redis refused a command for the ACL user's want of permission: NOPERM, or the
+    same refusal of a command a Lua script ran (a plain error reply naming the script)."""
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return True
+    text = str(exc)
+    return isinstance(exc, redis.ResponseError) and (
+        "NOPERM" in text or "no permissions" in text
+        or "user executing the script can't" in text)
 
 
 def redis_client(settings: Settings | None = None, timeout: float | None = None) -> redis.Redis:

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import (
     Field,
@@ -50,15 +50,20 @@ class Settings(ClarityBaseSettings):
     """The queue core's settings: Redis, signing, the worker runtime, logging."""
 
     # Redis: either REDIS_URL, or the parts.
-    redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db")
+    redis_url: SecretStr | None = Field(default=None,
+                                        description="redis://[user:password@]host:port/db")
     redis_host: str = "127.0.0.1"
     redis_port: int = Field(default=6379, ge=1, le=65535)
+    # The Redis ACL user (redis/users.acl.j2: clarity-worker, clarity-admin, clarity-producer,
+    # ...) and its password; no user: the `default` user (requirepass).
+    redis_username: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     redis_password: SecretStr | None = None
     redis_db: int = Field(default=0, ge=0, le=15)
     redis_socket_timeout: float = Field(default=5.0, gt=0)
     redis_key_prefix: str = Field(default="clarity", pattern=r"^[A-Za-z0-9_.-]+$")
     # Redis Sentinel (instead of one host): REDIS_SENTINELS=host:port,host:port and the name
-    # the sentinels monitor; or REDIS_URL=redis+sentinel://[:password@]host:port,.../name/db.
+    # the sentinels monitor; or REDIS_URL=redis+sentinel://[user:password@]host:port,.../name/db
+    # (user and password are Redis'; the sentinels have their own: REDIS_SENTINEL_PASSWORD).
     redis_sentinels: str = ""
     redis_sentinel_master: str = Field(default="clarity", pattern=r"^[A-Za-z0-9_.-]+$")
     redis_sentinel_password: SecretStr | None = None  # when the sentinels require one
@@ -152,6 +157,12 @@ class Settings(ClarityBaseSettings):
                 raise ValueError("REDIS_URL must start with redis://, rediss://, unix:// or "
                                  "redis+sentinel://")
         target = self.redis_target()  # raises ValueError naming what is wrong
+        if self.redis_username and target.password is None:
+            raise ValueError("REDIS_USERNAME is set but no password is (REDIS_PASSWORD, or "
+                             "in REDIS_URL): an ACL user needs its password")
+        if self.redis_username and target.username != self.redis_username:
+            raise ValueError("REDIS_USERNAME differs from the user in REDIS_URL (or REDIS_URL "
+                             "names none): give the user in REDIS_URL only")
         if target.sentinels and self.redis_url is not None and not url.startswith(
                 "redis+sentinel://"):
             raise ValueError("give either REDIS_URL or REDIS_SENTINELS, not both")
@@ -161,7 +172,8 @@ class Settings(ClarityBaseSettings):
         """What a queue's Huey instance depends on, hashed: callers that pass different
         settings (another Redis, a rotated secret) get their own instance."""
         if self._huey_key is None:
-            parts = (self.redis_connection_url(), self.redis_sentinels,
+            parts = (self.redis_connection_url(), self.redis_username or "",
+                     self.redis_sentinels,
                      self.redis_sentinel_master, self.redis_key_prefix,
                      self.signing_secret.get_secret_value(), *self.previous_signing_secrets,
                      repr(self.lease_seconds), str(self.max_deliveries), self.task_modules)
@@ -176,25 +188,33 @@ class Settings(ClarityBaseSettings):
         """Where Redis is: one URL, or sentinels and the name they monitor."""
         url = self.redis_url.get_secret_value() if self.redis_url is not None else ""
         password = self.redis_password.get_secret_value() if self.redis_password else None
+        username = self.redis_username
         sentinel_password = (self.redis_sentinel_password.get_secret_value()
                              if self.redis_sentinel_password else None)
         if url.startswith("redis+sentinel://"):
             rest = url.split("://", 1)[1]
             if "@" in rest:
                 auth, rest = rest.rsplit("@", 1)
-                password = unquote(auth.split(":", 1)[1] if ":" in auth else auth) or password
+                user, sep, secret = auth.partition(":")
+                password = unquote(secret if sep else auth) or password
+                username = (unquote(user) if sep else "") or username
             hosts, _, path = rest.partition("/")
             parts = [p for p in path.split("/") if p]
             master = parts[0] if parts else self.redis_sentinel_master
             db = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else self.redis_db
             return RedisTarget(_host_ports(hosts, "REDIS_URL"), master, password,
-                               sentinel_password, db)
+                               sentinel_password, db, username=username)
         if self.redis_sentinels.strip():
             return RedisTarget(_host_ports(self.redis_sentinels, "REDIS_SENTINELS"),
                                self.redis_sentinel_master, password, sentinel_password,
-                               self.redis_db)
+                               self.redis_db, username=username)
+        if url:  # redis-py takes user and password from the URL alone
+            parsed = urlsplit(url)
+            password = unquote(parsed.password) if parsed.password else None
+            username = unquote(parsed.username) if parsed.username else None
         return RedisTarget((), "", password, None, self.redis_db, url=self.redis_connection_url(),
-                           display_address=f"{self.redis_host}:{self.redis_port}")
+                           display_address=f"{self.redis_host}:{self.redis_port}",
+                           username=username)
 
     @property
     def wait_replicas(self) -> int:
@@ -208,7 +228,8 @@ class Settings(ClarityBaseSettings):
             return self.redis_url.get_secret_value()
         auth = ""
         if self.redis_password is not None:
-            auth = ":" + quote(self.redis_password.get_secret_value(), safe="") + "@"
+            auth = (quote(self.redis_username or "", safe="") + ":"
+                    + quote(self.redis_password.get_secret_value(), safe="") + "@")
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
     def redis_display(self) -> str:
@@ -236,6 +257,7 @@ class RedisTarget:
     db: int
     url: str = ""
     display_address: str = ""
+    username: str | None = None  # the ACL user; None: `default`
 
 
 def _host_ports(text: str, variable: str) -> tuple[tuple[str, int], ...]:

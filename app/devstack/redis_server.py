@@ -1,4 +1,5 @@
-"""A real redis-server started from redis/redis.conf (password on, commands renamed)."""
+"""A real redis-server started from redis/redis.conf (password on, commands renamed), or with
+the ACL users of redis/users.acl.j2 (`acl=`: user -> passwords; the `default` user off)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from app.devstack import REPO
+from app.devstack import REPO, redis_acl
 from app.devstack.processes import Child, free_port, real_clock_env, tail
 
 CONF = REPO / "redis" / "redis.conf"
@@ -20,11 +21,17 @@ class RedisServer:
     """redis-server on 127.0.0.1 with its data in `workdir`.
 
     `save=False` (tests): no RDB snapshots, the AOF of redis.conf only. `extra` adds
-    command-line settings (they override the config file)."""
+    command-line settings (they override the config file).
+
+    `acl` (user -> password or [new, old]): the server loads the ACL file rendered from
+    redis/users.acl.j2 with these passwords and `acl_prefix` (the `default` user off), and
+    `client()` and `env` connect as `username` (the operator unless told) with its first
+    password; `client_as(user)` as any other."""
 
     def __init__(self, workdir: Path, port: int | None = None, password: str = PASSWORD,
                  extra: tuple[str, ...] = (), *, conf: Path = CONF, maxmemory: str = "1gb",
-                 save: bool = False):
+                 save: bool = False, acl: dict[str, str | list[str]] | None = None,
+                 acl_prefix: str = "clarity", username: str | None = None):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
         self.dir = Path(workdir)
@@ -35,6 +42,12 @@ class RedisServer:
         self.conf = Path(conf)
         self.maxmemory = maxmemory
         self.save = save
+        self.acl = dict(acl) if acl is not None else None
+        self.acl_prefix = acl_prefix
+        self.username = None
+        if self.acl is not None:
+            self.username = username or redis_acl.OPERATOR
+            self.password = self.password_of(self.username)
         self.log = self.dir / "redis.log"
         self.child: Child | None = None
 
@@ -49,8 +62,12 @@ class RedisServer:
         if self.conf.resolve() != conf.resolve():
             shutil.copyfile(self.conf, conf)
         args = ["redis-server", str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.dir.resolve()), "--requirepass", self.password,
-                "--daemonize", "no", "--logfile", "", "--maxmemory", self.maxmemory]
+                "--dir", str(self.dir.resolve()), "--daemonize", "no", "--logfile", "",
+                "--maxmemory", self.maxmemory]
+        if self.acl is not None:
+            args += ["--aclfile", str(self.write_acl())]
+        else:
+            args += ["--requirepass", self.password]
         if not self.save:
             args += ["--save", ""]
         self.child = Child("redis", [*args, *self.extra], self.log, real_clock_env()).start()
@@ -71,7 +88,46 @@ class RedisServer:
         return self.child is not None and self.child.alive
 
     def client(self, **kwargs) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password, **kwargs)
+        return redis.Redis(port=self.port, username=self.username, password=self.password,
+                           **kwargs)
+
+    # -- ACL users ------------------------------------------------------------------------
+
+    @property
+    def acl_path(self) -> Path:
+        return self.dir.resolve() / "users.acl"
+
+    def password_of(self, user: str) -> str:
+        given = self.acl[user]
+        return given if isinstance(given, str) else given[0]
+
+    def client_as(self, user: str, password: str | None = None, **kwargs) -> redis.Redis:
+        return redis.Redis(port=self.port, username=user,
+                           password=password if password is not None else self.password_of(user),
+                           **kwargs)
+
+    def write_acl(self) -> Path:
+        return redis_acl.write(self.acl_path, self.acl, self.acl_prefix)
+
+    def reload_acl(self, acl: dict[str, str | list[str]]) -> None:
+        """Write the ACL file with new passwords and `ACL LOAD` it, as the role's handler does
+        (no restart); the operator's connection authenticates with any of its passwords."""
+        old = self.acl
+        self.acl = dict(acl)
+        self.write_acl()
+        candidates = [self.password_of(redis_acl.OPERATOR), *(
+            [old[redis_acl.OPERATOR]] if isinstance(old[redis_acl.OPERATOR], str)
+            else old[redis_acl.OPERATOR])]
+        for password in candidates:
+            try:
+                self.client_as(redis_acl.OPERATOR, password).execute_command("ACL", "LOAD")
+                break
+            except redis.AuthenticationError:
+                continue
+        else:
+            raise RuntimeError("no operator password was accepted for ACL LOAD")
+        if self.username is not None:
+            self.password = self.password_of(self.username)
 
     def stop(self, sig=signal.SIGTERM):
         """SIGTERM: Redis fsyncs its AOF (and saves, with `save`) before it exits."""
@@ -88,5 +144,8 @@ class RedisServer:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(self.port),
-                "REDIS_PASSWORD": self.password, "REDIS_DB": "0"}
+        env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(self.port),
+               "REDIS_PASSWORD": self.password, "REDIS_DB": "0"}
+        if self.username is not None:
+            env["REDIS_USERNAME"] = self.username
+        return env

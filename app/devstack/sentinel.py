@@ -3,7 +3,11 @@ from redis/redis.conf, for the failover tests and bench/.
 
 The nodes keep the production settings that matter to a failover: a password (and
 `masterauth`, so that a demoted primary can follow the new one), CONFIG renamed (and the
-sentinels told the new name), AOF on."""
+sentinels told the new name), AOF on.
+
+With `acl` (user -> passwords, as RedisServer takes them) the nodes run the ACL users of
+redis/users.acl.j2 as deployed: replicas authenticate as `redis-replication` (masteruser),
+the sentinels as `redis-sentinel` (auth-user), clients as `username`."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import redis
 
+from app.devstack import redis_acl
 from app.devstack.processes import Child, free_port, real_clock_env, tail
 from app.devstack.redis_server import PASSWORD, RedisServer
 
@@ -23,18 +28,34 @@ CONFIG_COMMAND = "CLARITY_CONFIG_b3f1c9"  # as renamed in redis/redis.conf
 class SentinelGroup:
     def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3,
                  master: str = MASTER, password: str = PASSWORD, down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 5000, extra: tuple[str, ...] = ()):
+                 failover_timeout_ms: int = 5000, extra: tuple[str, ...] = (),
+                 acl: dict | None = None, acl_prefix: str = "clarity",
+                 username: str | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.master = master
         self.password = password
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
+        self.acl = acl
+        self.username = None
+        self.auth_user = ""
+        auth_pass = password
+        if acl is not None:
+            self.username = username or redis_acl.OPERATOR
+            self.auth_user = redis_acl.SENTINEL
+            auth_pass = _first(acl[redis_acl.SENTINEL])
+            self.password = _first(acl[self.username])
+            masterauth = ("--masteruser", redis_acl.REPLICATION,
+                          "--masterauth", _first(acl[redis_acl.REPLICATION]))
+        else:
+            masterauth = ("--masterauth", password)
+        self.auth_pass = auth_pass
         # No delay before a full sync (production keeps Redis' default of 5 s).
-        auth = ("--masterauth", password, "--repl-diskless-sync-delay", "0", *extra)
-        self.nodes = [RedisServer(self.dir / "node0", password=password, extra=auth)]
-        self.nodes += [RedisServer(self.dir / f"node{i + 1}", password=password, extra=auth)
-                       for i in range(replicas)]
+        auth = (*masterauth, "--repl-diskless-sync-delay", "0", *extra)
+        self.nodes = [RedisServer(self.dir / f"node{i}", password=password, extra=auth,
+                                  acl=acl, acl_prefix=acl_prefix, username=self.username)
+                      for i in range(replicas + 1)]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinels: list[Child] = []
 
@@ -69,7 +90,8 @@ class SentinelGroup:
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\ndir {self.dir.resolve()}\n"
             f"sentinel monitor {self.master} 127.0.0.1 {primary_port} 2\n"
-            f"sentinel auth-pass {self.master} {self.password}\n"
+            + (f"sentinel auth-user {self.master} {self.auth_user}\n" if self.auth_user else "")
+            + f"sentinel auth-pass {self.master} {self.auth_pass}\n"
             f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.master} {self.failover_timeout_ms}\n"
             f"sentinel parallel-syncs {self.master} 1\n"
@@ -119,6 +141,13 @@ class SentinelGroup:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
-                "REDIS_SENTINEL_MASTER": self.master, "REDIS_PASSWORD": self.password,
-                "REDIS_DB": "0"}
+        env = {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
+               "REDIS_SENTINEL_MASTER": self.master, "REDIS_PASSWORD": self.password,
+               "REDIS_DB": "0"}
+        if self.username:
+            env["REDIS_USERNAME"] = self.username
+        return env
+
+
+def _first(passwords: str | list[str]) -> str:
+    return passwords if isinstance(passwords, str) else passwords[0]

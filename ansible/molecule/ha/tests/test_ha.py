@@ -33,6 +33,9 @@ CLARITY = "/opt/clarity/current/bin/clarity"
 PYTHON = "/opt/clarity/current/bin/python"
 ADMIN_ENV = "set -a && . /etc/clarity/admin.env && set +a && "
 REDIS_ENV = "set -a && . /etc/clarity/redis-backup.env && set +a && "
+# The operator ACL user (every command; the `default` user is off) and its test-vault password.
+OPERATOR = "REDISCLI_AUTH=molecule-redis-password-0123456789abcdef "
+WORKER_ENV = "set -a && . /etc/clarity/worker.env && set +a && "
 # The sentinels' password, as the Redis hosts' backup settings hold it.
 SENTINEL_AUTH = ("set -a && . /etc/clarity/redis-backup.env && set +a && "
                  "REDISCLI_AUTH=\"$SENTINEL_AUTH\" ")
@@ -68,9 +71,30 @@ def sentinel(host, *args: str) -> list[str]:
 
 
 def redis(host, *args: str):
-    """A command to the Redis node on `host` (the testinfra result)."""
-    return host.run(REDIS_ENV + "redis-cli -h 127.0.0.1 --no-auth-warning "
-                    + " ".join(shlex.quote(a) for a in args))
+    """A command to the Redis node on `host`, as the operator (the testinfra result)."""
+    return host.run(OPERATOR + "redis-cli -h 127.0.0.1 --user clarity-operator "
+                    "--no-auth-warning " + " ".join(shlex.quote(a) for a in args))
+
+
+def redis_as(host, user: str, password: str, *args: str):
+    """A command to the Redis node on `host` as ACL user `user` (stdout and stderr)."""
+    result = host.run(f"REDISCLI_AUTH={shlex.quote(password)} redis-cli -h 127.0.0.1 "
+                      f"--user {user} --no-auth-warning "
+                      + " ".join(shlex.quote(a) for a in args))
+    return result.stdout + result.stderr
+
+
+def env_value(host, path: str, name: str) -> str:
+    line = next(line for line in host.file(path).content_string.splitlines()
+                if line.startswith(name + "="))
+    return line.split("=", 1)[1].strip().strip('"')
+
+
+def client_users(host, kind: str) -> set[str]:
+    """The ACL users of the node's connected clients of a type (normal, replica, pubsub)."""
+    lines = redis(host, "CLIENT", "LIST", "TYPE", kind).stdout.splitlines()
+    return {field.split("=", 1)[1] for line in lines for field in line.split()
+            if field.startswith("user=")}
 
 
 def replication(host) -> dict[str, str]:
@@ -202,6 +226,64 @@ def test_clients_find_the_primary_through_the_sentinels(fleet):
         assert sorted(s.rsplit(":", 1)[0] for s in sentinels) == sorted(addresses.values())
     doctor = hosts["ha-admin1"].run(ADMIN_ENV + CLARITY + " doctor")
     assert addresses["ha-redis1"] in doctor.stdout, doctor.stdout + doctor.stderr
+
+
+def test_redis_users_each_client_its_own_and_no_more(fleet):
+    """redis/users.acl.j2 as deployed: the `default` user is off; replicas, sentinels,
+    the worker and the admin are connected as their own users; the exporter reads INFO but
+    no job; the worker cannot run CONFIG, ACL, SHUTDOWN or REPLICAOF."""
+    hosts, _ = fleet
+    primary = hosts["ha-redis1"]
+    for name in REDIS_HOSTS:
+        host = hosts[name]
+        anonymous = host.run("redis-cli -h 127.0.0.1 PING")
+        assert "NOAUTH" in anonymous.stdout + anonymous.stderr, name
+        as_default = host.run(OPERATOR + "redis-cli -h 127.0.0.1 --no-auth-warning PING")
+        assert "WRONGPASS" in as_default.stdout + as_default.stderr, name
+        acl = host.file("/etc/redis/users.acl")
+        assert (acl.user, acl.mode) == ("redis", 0o640)
+        assert "molecule-redis-" not in acl.content_string, "a password in clear"
+    assert client_users(primary, "replica") == {"redis-replication"}
+    assert "redis-sentinel" in client_users(primary, "pubsub")
+    normal = client_users(primary, "normal")
+    assert "clarity-worker" in normal, normal  # the exporter and admin connect on demand
+    # A job's hash, readable by the operator: the exporter may not read it, or scan for it.
+    job_key = "clarity:{sync}:job:acl-probe"
+    assert redis(primary, "HSET", job_key, "msg", "secret").stdout.strip() == "1"
+    exporter = "/etc/default/prometheus-redis-exporter"
+    assert env_value(primary, exporter, "REDIS_USER") == "redis-exporter"
+    exporter_password = env_value(primary, exporter, "REDIS_PASSWORD")
+    for command in (("HGETALL", job_key), ("GET", job_key), ("SCAN", "0"), ("TYPE", job_key)):
+        reply = redis_as(primary, "redis-exporter", exporter_password, *command)
+        assert "NOPERM" in reply, (command, reply)
+    assert "role:master" in redis_as(primary, "redis-exporter", exporter_password,
+                                     "INFO", "replication")
+    metrics = primary.run("python3 -c \"import urllib.request; print(urllib.request.urlopen("
+                          "'http://127.0.0.1:9121/metrics', timeout=10).read().decode())\"")
+    assert "\nredis_up 1" in metrics.stdout, metrics.stdout[-2000:]
+    assert redis(primary, "DEL", job_key).stdout.strip() == "1"
+    # The worker's own user, through the worker's settings and release.
+    worker = hosts["ha-worker1"]
+    # CONFIG under its renamed name (unknown as CONFIG): the ACL refuses it by its real name.
+    config = primary.run("grep -E '^rename-command CONFIG ' /etc/redis/redis.conf").stdout.split()[2]
+    assert env_value(worker, "/etc/clarity/worker.env", "REDIS_USERNAME") == "clarity-worker"
+    denied = worker.run(WORKER_ENV + f"{PYTHON} -c " + shlex.quote(
+        "import redis\nfrom worker.connections import redis_client\nr = redis_client()\n"
+        "print('whoami', r.execute_command('ACL', 'WHOAMI').decode())\n"
+        f"for cmd in (({config!r}, 'GET', 'maxmemory'), ('ACL', 'LIST'), ('SHUTDOWN', 'NOSAVE'),\n"
+        "            ('REPLICAOF', 'NO', 'ONE'), ('SCRIPT', 'FLUSH'), ('GET', 'other:key')):\n"
+        "    try:\n"
+        "        r.execute_command(*cmd)\n"
+        "        print('allowed', cmd[0])\n"
+        "    except redis.exceptions.NoPermissionError:\n"
+        "        print('denied', cmd[0])\n"))
+    assert denied.rc == 0, denied.stdout + denied.stderr
+    lines = denied.stdout.split("\n")
+    assert "whoami clarity-worker" in lines
+    for command in (config, "ACL", "SHUTDOWN", "REPLICAOF", "SCRIPT", "GET"):
+        assert f"denied {command}" in lines, denied.stdout
+    report("Redis ACL users on the ha fleet: default off; replication, sentinel, worker, "
+           "admin, exporter connected as their own users; exporter and worker refused")
 
 
 # --- 2. the primary dies ----------------------------------------------------------------

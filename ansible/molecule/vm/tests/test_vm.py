@@ -38,6 +38,8 @@ STRANGER_ADDRESS = "10.77.0.99"
 REDIS_LATE_SECONDS = 60
 BOOTS = ["converged", "rebooted", "worker-first"]
 MARKER_KEY = "clarity:vm-test:marker"
+# The operator ACL user's password in the test vault (inventories/molecule, vault_redis_users).
+OPERATOR_PASSWORD = "molecule-redis-password-0123456789abcdef"
 
 
 def infra(vm: vmctl.VM):
@@ -59,12 +61,12 @@ def unit_property(vm: vmctl.VM, unit: str, prop: str) -> str:
 
 
 def redis_cli(vm: vmctl.VM, *args: str) -> str:
-    """redis-cli on the Redis host, authenticated with the password of its redis.conf."""
+    """redis-cli on the Redis host as the operator ACL user (the test vault's password)."""
     command = " ".join(shlex.quote(a) for a in args)
     return run(
         vm,
-        "REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' /etc/redis/redis.conf)\" "
-        f"redis-cli --raw {command}",
+        f"REDISCLI_AUTH={OPERATOR_PASSWORD} redis-cli --user clarity-operator --no-auth-warning "
+        f"--raw {command}",
     ).strip()
 
 

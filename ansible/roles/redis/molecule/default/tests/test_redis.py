@@ -7,9 +7,11 @@ PASSWORD = "molecule-redis-password-0123456789abcdef"
 CONFIG_COMMAND = "CLARITY_CONFIG_molecule"
 
 
-def cli(host, *args, password=PASSWORD):
+def cli(host, *args, password=PASSWORD, user="clarity-operator"):
+    """redis-cli as the operator ACL user (the `default` user is off)."""
     auth = f"REDISCLI_AUTH={password} " if password else ""
-    return host.run(f"{auth}redis-cli --no-auth-warning -h 127.0.0.1 " + " ".join(args))
+    who = f"--user {user} " if user else ""
+    return host.run(f"{auth}redis-cli {who}--no-auth-warning -h 127.0.0.1 " + " ".join(args))
 
 
 def test_redis_runs_and_is_enabled(host):
@@ -18,9 +20,33 @@ def test_redis_runs_and_is_enabled(host):
 
 
 def test_unauthenticated_clients_are_refused(host):
-    assert "NOAUTH" in cli(host, "SET", "probe", "1", password=None).stdout
+    assert "NOAUTH" in cli(host, "SET", "probe", "1", password=None, user=None).stdout
     wrong = cli(host, "SET", "probe", "1", password="wrong-password")
     assert "WRONGPASS" in wrong.stdout + wrong.stderr
+
+
+def test_the_default_user_is_off_even_with_the_operators_password(host):
+    default = cli(host, "PING", user=None)
+    assert "WRONGPASS" in default.stdout + default.stderr
+    assert cli(host, "ACL", "WHOAMI").stdout.strip() == "clarity-operator"
+
+
+def test_the_acl_file_is_redis_only_and_holds_no_password_in_clear(host):
+    acl = host.file("/etc/redis/users.acl")
+    assert (acl.user, acl.group, acl.mode) == ("redis", "redis", 0o640)
+    assert PASSWORD not in acl.content_string
+    assert host.file("/etc/redis/redis.conf").contains("^aclfile /etc/redis/users.acl$")
+
+
+def test_the_exporter_user_reads_info_but_no_key(host):
+    cli(host, "SET", "clarity:probe", "secret")
+    env = host.file("/etc/default/prometheus-redis-exporter").content_string
+    password = env.split("REDIS_PASSWORD=", 1)[1].split()[0]
+    assert "REDIS_USER=redis-exporter" in env
+    got = cli(host, "GET", "clarity:probe", password=password, user="redis-exporter")
+    assert "NOPERM" in got.stdout + got.stderr
+    assert "redis_version" in cli(host, "INFO", "server", password=password,
+                                  user="redis-exporter").stdout
 
 
 def test_authenticated_clients_can_use_it(host):
