@@ -95,3 +95,43 @@ def test_a_connection_closed_while_idle_is_replaced_before_the_next_call(configu
     client.client_kill_filter(_type="normal", skipme=True)  # Redis drops every other client
     enqueue("sync", "record", {"n": 2})  # no error: the dead connection is not sent on
     assert QueueManager().counts("sync")["waiting"] == 2
+
+
+def test_an_error_reply_mid_round_trip_is_raised_after_every_reply_is_read(configure,
+                                                                          redis_factory):
+    server = configure(redis_factory("errors"))
+    manager = QueueManager()
+    enqueue("sync", "record", {"n": 1})
+    counts = manager.storage("sync")._counts
+    keys = manager.keys("sync")
+    call = ([keys.waiting, keys.delayed, keys.active, keys.failed, keys.paused, keys.workers],
+            [])
+    server.client().set("not-a-hash", "x")
+    counts.round_trip([("TIME",)], [call])
+    sock = counts._local.pinned.conn._sock  # this thread's connection
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        counts.round_trip([("HGET", "not-a-hash", "f")], [call])
+    # The script's reply after the error was read too: the connection is in step and kept
+    # (a reply left unread would make the next call reconnect, or read the wrong reply).
+    time_reply, reply = counts.round_trip([("TIME",)], [call])
+    assert len(time_reply) == 2 and reply[0] == 1  # ZCARD waiting
+    assert counts._local.pinned.conn._sock is sock
+    assert manager.counts("sync")["waiting"] == 1
+
+
+def test_the_overview_snapshot_reloads_scripts_redis_forgot(configure, redis_factory):
+    server = configure(redis_factory("forgot"))
+    enqueue("sync", "record", {"n": 1})
+    manager = QueueManager()
+    manager.snapshot(info_sections=("memory",))  # counts.lua known to Redis
+    server.client().script_flush()
+    counts, _workers, info = manager.snapshot(info_sections=("memory", "server"))
+    assert counts["sync"]["waiting"] == 1
+    assert info["used_memory"] > 0 and info["redis_version"].count(".") == 2
+
+
+def test_snapshot_with_an_unreachable_redis_is_a_connection_error(configure):
+    configure(SimpleNamespace(env={"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()),
+                                   "REDIS_PASSWORD": "x"}))
+    with pytest.raises(redis.ConnectionError):
+        QueueManager().snapshot(info_sections=("memory",))

@@ -50,8 +50,11 @@ class _Pinned:
         self.conn = pool.get_connection()
 
     def __del__(self):
-        if self.pid == os.getpid():  # a forked child must not touch its parent's socket
-            self.pool.release(self.conn)
+        # No `conn` when connecting failed in __init__ (Redis unreachable): nothing to hand
+        # back. A forked child must not touch its parent's socket.
+        conn = getattr(self, "conn", None)
+        if conn is not None and self.pid == os.getpid():
+            self.pool.release(conn)
 
 
 class FastScript:
@@ -99,11 +102,40 @@ class FastScript:
         return conn
 
     def _round_trip(self, *commands) -> list:
-        """Send `commands` in one write on this thread's connection; their replies."""
+        """Send `commands` in one write on this thread's connection; their replies. Every
+        reply is read before an error reply is raised (the first one), so the connection
+        never keeps an unread reply for the next caller."""
         conn = self._connection()
         conn.send_packed_command([hiredis.pack_command(c) for c in commands],
                                  check_health=False)
-        return [conn.read_response() for _ in commands]
+        replies, error = [], None
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:
+                error = error or exc
+                replies.append(exc)
+        if error is not None:
+            raise error
+        return replies
+
+    def round_trip(self, commands, script_calls) -> list | None:
+        """`commands` (raw tuples, replies unparsed: INFO is bytes, TIME a list) and this
+        script once per (keys, args) in `script_calls`, all in one write and one round
+        trip; the replies in that order. None when this client has no fast path (a cluster):
+        the caller then uses `pipeline`. Loads the script once if Redis did not know it."""
+        if self._pool is None:
+            return None
+        sent = [*commands, *(self._evalsha(keys, args) for keys, args in script_calls)]
+        try:
+            try:
+                return self._round_trip(*sent)
+            except NoScriptError:  # Redis restarted or failed over
+                self._script.registered_client.script_load(self.script)
+                return self._round_trip(*sent)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._local.pinned = None
+            raise
 
     def _evalsha(self, keys, args) -> tuple:
         return (*self._head, len(keys), *keys, *args)

@@ -174,8 +174,11 @@ def test_the_guides_monitoring_and_troubleshooting_commands_against_clarity_up(t
         assert re.search(r'"action":\s*"retry-failed".*"count":\s*1', admin, re.DOTALL), admin
         assert "used_memory:" in said["high memory usage"]
         stuck = said["jobs stuck in waiting"].replace(" ", "")
-        # Three waiting on the paused queue, and the failed job the guide retried above.
-        assert '"action":"clear-queue"' in stuck and '"count":4' in stuck, stuck
+        # Three waiting on the paused queue, and the failed job the guide retried above; one
+        # more when the run crosses a tenth minute of the wall clock (the stack's periodic
+        # enqueue_stale_syncs lands in `sync`, paused or not).
+        cleared = re.search(r'"action":"clear-queue".*?"count":(\d+)', stuck)
+        assert cleared and int(cleared.group(1)) in (4, 5), stuck
         connection = said["connection issues"]
         assert connection.count("PONG") == 2 and "connected" in connection
         debug = said["debug mode"]
