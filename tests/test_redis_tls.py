@@ -272,7 +272,7 @@ def files(pki):
     ({"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": "{key}"},
      "REDIS_TLS_CA_FILE: .*is not a PEM CA bundle"),
     ({"REDIS_TLS": "true", "REDIS_TLS_CERT_FILE": "{cert}", "REDIS_TLS_KEY_FILE": "{other_key}"},
-     "REDIS_TLS_CERT_FILE / REDIS_TLS_KEY_FILE: .* not a PEM certificate and its key"),
+     "REDIS_TLS_CERT_FILE / REDIS_TLS_KEY_FILE: .* not a PEM certificate and its unencrypted"),
     ({"REDIS_TLS": "true", "REDIS_URL": "redis://h:1/0"},
      "REDIS_TLS is on but REDIS_URL says redis://"),
     ({"REDIS_TLS": "true", "REDIS_URL": "unix:///run/redis.sock"}, "unix:// socket"),
@@ -343,13 +343,13 @@ def test_doctor_tls_check_names_the_ca_and_the_client_certificates_days(tls_redi
 
 
 def test_doctor_names_a_wrong_ca_and_a_plain_port(tls_redis, redis_server, pki, configure):
+    checks = doctor(configure, redis_server)
+    assert checks["tls"]["status"] == "ok" and checks["tls"]["detail"].startswith("off")
     checks = doctor(configure, tls_redis, redis_tls_ca_file=pki.other_ca)
     assert checks["reachability"]["status"] == "fail"
     assert "REDIS_TLS_CA_FILE" in checks["reachability"]["fix"], checks["reachability"]
     checks = doctor(configure, redis_server, **pki.client.env)  # TLS to a plain port
     assert "Redis' plain port" in checks["reachability"]["fix"], checks["reachability"]
-    checks = doctor(configure, redis_server)
-    assert checks["tls"]["status"] == "ok" and checks["tls"]["detail"].startswith("off")
 
 
 def test_doctor_fails_on_a_client_certificate_it_cannot_read(tls_redis, pki, configure,

@@ -46,11 +46,13 @@ class _Pinned:
     __slots__ = ("conn", "pid", "pool")
 
     def __init__(self, pool):
-        self.pool, self.pid = pool, os.getpid()
+        self.pool, self.pid, self.conn = pool, os.getpid(), None
         self.conn = pool.get_connection()
 
     def __del__(self):
-        if self.pid == os.getpid():  # a forked child must not touch its parent's socket
+        # No connection: its checkout failed (Redis down, a TLS handshake refused). A forked
+        # child must not touch its parent's socket.
+        if self.conn is not None and self.pid == os.getpid():
             self.pool.release(self.conn)
 
 
