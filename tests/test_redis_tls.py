@@ -141,12 +141,21 @@ def test_no_client_certificate_is_refused_when_redis_asks_for_one(tls_redis, tmp
 
 
 def test_a_server_certificate_the_client_does_not_trust_fails_clearly(tls_redis, pki,
-                                                                       configure):
+                                                                       configure, workers):
+    from tests.observability.helpers import get_json
+
     error = enqueue_error(configure, tls_redis, redis_tls_ca_file=pki.other_ca)
     assert "CERTIFICATE_VERIFY_FAILED" in str(error)
     message = explain_core_error(error)
     assert f"not signed by the CA in REDIS_TLS_CA_FILE ({pki.other_ca})" in message, message
     assert "wrong CA file" in failing_stats()
+    # A worker waits (the right CA may be on its way) and its /health says why.
+    port = free_port()
+    workers(tls_redis, redis_tls_ca_file=pki.other_ca, health_check_port=port,
+            health_check_host="127.0.0.1")
+    code, doc = wait_for(lambda: (r := get_json(f"http://127.0.0.1:{port}/health"))[1] and r,
+                         timeout=60, message="the worker's health server")
+    assert code == 503 and "wrong CA file" in doc["reason"], doc
 
 
 def test_a_server_certificate_must_name_the_address_unless_told_not_to_check(
