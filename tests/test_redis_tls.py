@@ -153,9 +153,15 @@ def test_a_server_certificate_the_client_does_not_trust_fails_clearly(tls_redis,
     port = free_port()
     workers(tls_redis, redis_tls_ca_file=pki.other_ca, health_check_port=port,
             health_check_host="127.0.0.1")
-    code, doc = wait_for(lambda: (r := get_json(f"http://127.0.0.1:{port}/health"))[1] and r,
-                         timeout=60, message="the worker's health server")
-    assert code == 503 and "wrong CA file" in doc["reason"], doc
+
+    def health():
+        code, doc = get_json(f"http://127.0.0.1:{port}/health")
+        return doc and "likely cause" in doc["checks"]["consumer"].get("reason", "") and (code, doc)
+
+    code, doc = wait_for(health, timeout=60, message="the worker's /health naming the cause")
+    assert code == 503, doc
+    for check in ("consumer", "redis"):  # the worker's own wait, and the health probe's
+        assert "wrong CA file" in doc["checks"][check]["reason"], doc
 
 
 def test_a_server_certificate_must_name_the_address_unless_told_not_to_check(

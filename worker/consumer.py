@@ -41,7 +41,7 @@ from redis.exceptions import (
 )
 
 from worker import __version__
-from worker.connections import tls_failure
+from worker.connections import failure_text
 from worker.events import ActiveJob, RuntimeEvents
 from worker.hueys import ClarityHuey, RefusedMessage, get_huey
 from worker.logs import job_context
@@ -512,9 +512,7 @@ class ClarityRunner:
             except (AuthenticationError, AuthorizationError, NoPermissionError):
                 raise
             except (RedisError, OSError) as exc:
-                cause = tls_failure(exc, self.settings)
-                self.state.waiting_for_redis = f"{type(exc).__name__}: {exc}" + (
-                    f" (likely cause: {cause})" if cause else "")
+                self.state.waiting_for_redis = failure_text(exc, self.settings)
                 log.warning("Redis at %s does not answer (%s); worker %s waits, next try in "
                             "%.1fs", self.settings.redis_display(),
                             self.state.waiting_for_redis, self.state.name, delay)
