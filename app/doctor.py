@@ -138,9 +138,8 @@ class Doctor:
         except (OSError, ValueError) as exc:
             self.add("tls", "fail", f"cannot read a TLS certificate: {exc}", fix)
             return
-        verified = ("server verified against " + ("; ".join(c.subject.rfc4514_string()
-                                                            for c in cas)
-                                                  if cas else "the system's CA store")
+        trusted = "; ".join(c.subject.rfc4514_string() for c in cas) or "the system's CA store"
+        verified = (f"server verified against {trusted}"
                     + ("" if s.redis_tls_check_hostname else ", host names not checked"))
         if client is None:
             self.add("tls", "ok", f"on, {verified}; no client certificate (enough only "
@@ -507,8 +506,8 @@ def doctor(config_command, queues, no_workers, host_checks, as_json):
     """Check Redis and the workers: TLS (CA, client certificate expiry), reachability, auth,
     eviction policy, memory against maxmemory, persistence (AOF, last save and rewrite),
     renamed commands, clock offset, round-trip latency percentiles, failed sets (size,
-    oldest entry), THP and overcommit on the Redis host, heartbeats. Exits 1 when something is wrong; every WARN and FAIL
-    says how to fix it (more in docs/troubleshooting.md)."""
+    oldest entry), THP and overcommit on the Redis host, heartbeats. Exits 1 when something
+    is wrong; every WARN and FAIL says how to fix it (more in docs/troubleshooting.md)."""
     from worker.queues import QUEUE_NAMES
     from worker.settings import SettingsError, load_settings
 

@@ -64,10 +64,10 @@ def enqueue_error(configure, server, **settings) -> redis.RedisError:
     return caught.value
 
 
-def stats(*args) -> str:
+def failing_stats() -> str:
     from app.cli import main
 
-    result = CliRunner().invoke(main, ["stats", *args])
+    result = CliRunner().invoke(main, ["stats"])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     return result.output
 
@@ -121,7 +121,7 @@ def test_a_certificate_of_another_ca_is_refused(tls_redis, pki, configure):
     error = enqueue_error(configure, tls_redis, **with_cert(pki.stranger))
     message = explain_core_error(error)
     assert f"Redis refused the client certificate ({pki.stranger.cert})" in message, message
-    assert "Likely cause: Redis refused the client certificate" in stats()
+    assert "Likely cause: Redis refused the client certificate" in failing_stats()
 
 
 def test_no_client_certificate_is_refused_when_redis_asks_for_one(tls_redis, tmp_path, pki,
@@ -141,12 +141,27 @@ def test_no_client_certificate_is_refused_when_redis_asks_for_one(tls_redis, tmp
 
 
 def test_a_server_certificate_the_client_does_not_trust_fails_clearly(tls_redis, pki,
-                                                                       configure):
+                                                                       configure, workers):
+    from tests.observability.helpers import get_json
+
     error = enqueue_error(configure, tls_redis, redis_tls_ca_file=pki.other_ca)
     assert "CERTIFICATE_VERIFY_FAILED" in str(error)
     message = explain_core_error(error)
     assert f"not signed by the CA in REDIS_TLS_CA_FILE ({pki.other_ca})" in message, message
-    assert "wrong CA file" in stats()
+    assert "wrong CA file" in failing_stats()
+    # A worker waits (the right CA may be on its way) and its /health says why.
+    port = free_port()
+    workers(tls_redis, redis_tls_ca_file=pki.other_ca, health_check_port=port,
+            health_check_host="127.0.0.1")
+
+    def health():
+        code, doc = get_json(f"http://127.0.0.1:{port}/health")
+        return doc and "likely cause" in doc["checks"]["consumer"].get("reason", "") and (code, doc)
+
+    code, doc = wait_for(health, timeout=60, message="the worker's /health naming the cause")
+    assert code == 503, doc
+    for check in ("consumer", "redis"):  # the worker's own wait, and the health probe's
+        assert "wrong CA file" in doc["checks"][check]["reason"], doc
 
 
 def test_a_server_certificate_must_name_the_address_unless_told_not_to_check(
@@ -272,7 +287,7 @@ def files(pki):
     ({"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": "{key}"},
      "REDIS_TLS_CA_FILE: .*is not a PEM CA bundle"),
     ({"REDIS_TLS": "true", "REDIS_TLS_CERT_FILE": "{cert}", "REDIS_TLS_KEY_FILE": "{other_key}"},
-     "REDIS_TLS_CERT_FILE / REDIS_TLS_KEY_FILE: .* not a PEM certificate and its key"),
+     "REDIS_TLS_CERT_FILE / REDIS_TLS_KEY_FILE: .* not a PEM certificate and its unencrypted"),
     ({"REDIS_TLS": "true", "REDIS_URL": "redis://h:1/0"},
      "REDIS_TLS is on but REDIS_URL says redis://"),
     ({"REDIS_TLS": "true", "REDIS_URL": "unix:///run/redis.sock"}, "unix:// socket"),
@@ -343,13 +358,13 @@ def test_doctor_tls_check_names_the_ca_and_the_client_certificates_days(tls_redi
 
 
 def test_doctor_names_a_wrong_ca_and_a_plain_port(tls_redis, redis_server, pki, configure):
+    checks = doctor(configure, redis_server)
+    assert checks["tls"]["status"] == "ok" and checks["tls"]["detail"].startswith("off")
     checks = doctor(configure, tls_redis, redis_tls_ca_file=pki.other_ca)
     assert checks["reachability"]["status"] == "fail"
     assert "REDIS_TLS_CA_FILE" in checks["reachability"]["fix"], checks["reachability"]
     checks = doctor(configure, redis_server, **pki.client.env)  # TLS to a plain port
     assert "Redis' plain port" in checks["reachability"]["fix"], checks["reachability"]
-    checks = doctor(configure, redis_server)
-    assert checks["tls"]["status"] == "ok" and checks["tls"]["detail"].startswith("off")
 
 
 def test_doctor_fails_on_a_client_certificate_it_cannot_read(tls_redis, pki, configure,

@@ -158,6 +158,12 @@ def tls_failure(exc: BaseException, settings: Settings) -> str | None:
     return None
 
 
+def failure_text(exc: BaseException, settings: Settings) -> str:
+    """A failed connection's error for logs and /health, with a TLS failure's likely cause."""
+    cause = tls_failure(exc, settings)
+    return f"{type(exc).__name__}: {exc}" + (f" (likely cause: {cause})" if cause else "")
+
+
 def redis_client(settings: Settings | None = None, timeout: float | None = None) -> redis.Redis:
     return redis.Redis(connection_pool=connection_pool(settings or get_settings(), timeout))
 

@@ -41,6 +41,7 @@ from redis.exceptions import (
 )
 
 from worker import __version__
+from worker.connections import failure_text
 from worker.events import ActiveJob, RuntimeEvents
 from worker.hueys import ClarityHuey, RefusedMessage, get_huey
 from worker.logs import job_context
@@ -501,7 +502,8 @@ class ClarityRunner:
         A worker that starts before Redis (a rack power cycle, where Redis loads its AOF
         slower than the workers boot) waits here with backoff instead of exiting, so a
         start limit never leaves it failed; /health answers 503 with the reason meanwhile.
-        A refused password is a configuration error: it raises at once."""
+        A refused password is a configuration error: it raises at once. A refused TLS
+        handshake waits too (the certificates may be on their way), its likely cause said."""
         conn = self.consumers[0].huey.storage.conn
         delay = 0.5
         while self._signal is None:
@@ -510,7 +512,7 @@ class ClarityRunner:
             except (AuthenticationError, AuthorizationError, NoPermissionError):
                 raise
             except (RedisError, OSError) as exc:
-                self.state.waiting_for_redis = f"{type(exc).__name__}: {exc}"
+                self.state.waiting_for_redis = failure_text(exc, self.settings)
                 log.warning("Redis at %s does not answer (%s); worker %s waits, next try in "
                             "%.1fs", self.settings.redis_display(),
                             self.state.waiting_for_redis, self.state.name, delay)

@@ -75,7 +75,7 @@ class RedisProbe:
         try:
             self.client.ping()
         except (RedisError, OSError) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = connections.failure_text(exc, self.settings)
             self.last_rtt = None
             return None
         self.last_rtt = time.perf_counter() - start
