@@ -112,7 +112,7 @@ class Doctor:
 
     @property
     def user(self) -> str:
-        return getattr(self, "_user", None) or self.settings.redis_target().username or "default"
+        return getattr(self, "_user", None) or self.settings.redis_user()
 
     @property
     def failed(self) -> bool:
@@ -203,7 +203,7 @@ class Doctor:
         """Which ACL user Redis says this process is (REDIS_USERNAME; `default` without)."""
         reply = self.client.execute_command("ACL", "WHOAMI")
         self._user = _text(reply)
-        configured = self.settings.redis_target().username or "default"
+        configured = self.settings.redis_user()
         if self._user != configured:
             self.add("user", "fail", f"connected as Redis user {self._user}, configured "
                      f"{configured}", "check REDIS_USERNAME (or the user in REDIS_URL)")

@@ -50,7 +50,7 @@ def explain_core_error(exc: Exception) -> str | None:
 
 def _redis_user() -> str:
     try:
-        return get_settings().redis_target().username or "default"
+        return get_settings().redis_user()
     except SettingsError:
         return "(unknown)"
 

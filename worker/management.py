@@ -113,11 +113,14 @@ class QueueManager:
 
     # -- counts --------------------------------------------------------------------------
 
+    def _count_keys(self, queue: str) -> list[str]:
+        """counts.lua's KEYS for `queue`."""
+        k = self.keys(queue)
+        return [k.waiting, k.delayed, k.active, k.failed, k.paused, k.workers]
+
     def _queue_commands(self, pipe, queue: str):
         """Queue one counts.lua call for `queue` on `pipe` (its reply: `_queue_counts`)."""
-        k = self.keys(queue)
-        keys = [k.waiting, k.delayed, k.active, k.failed, k.paused, k.workers]
-        self.storage(queue)._counts.queue(pipe, keys, COUNT_BANDS)
+        self.storage(queue)._counts.queue(pipe, self._count_keys(queue), COUNT_BANDS)
 
     def _run(self, fill) -> list:
         """A pipeline that `fill` queues commands on, counts.lua calls among them."""
@@ -144,11 +147,9 @@ class QueueManager:
 
     def snapshot(self, workers: bool = True, info_sections: tuple[str, ...] = ()):
         """(counts per queue, workers, INFO) in one round trip: what an overview shows."""
-        replies = self._snapshot_fast(info_sections)
-        if replies is not None:
-            redis_now, *replies, info = replies
-            redis_now = tuple(int(part) for part in redis_now)
-            info = parse_info(info) if info_sections else None
+        fast = self._snapshot_fast(info_sections)
+        if fast is not None:
+            redis_now, replies, info = fast
         else:  # a cluster: a redis-py pipeline, each counts.lua call in its queue's slot
             def fill(pipe):
                 pipe.time()
@@ -166,22 +167,18 @@ class QueueManager:
         return counts, seen, info
 
     def _snapshot_fast(self, info_sections):
-        """TIME, counts.lua per queue and INFO as raw commands on the scripts' own connection
-        (one write): redis-py's pipeline and its INFO parser were most of an uncached
-        overview's CPU. None on a cluster."""
-        calls = []
-        for queue in QUEUE_NAMES:
-            k = self.keys(queue)
-            calls.append(([k.waiting, k.delayed, k.active, k.failed, k.paused, k.workers],
-                          COUNT_BANDS))
+        """(Redis' time, counts.lua's reply per queue, INFO parsed or None): TIME, the counts
+        and INFO as raw commands on the scripts' own connection (one write). redis-py's
+        pipeline and its INFO parser were most of an uncached overview's CPU. None on a
+        cluster."""
+        calls = [(self._count_keys(queue), COUNT_BANDS) for queue in QUEUE_NAMES]
         commands = [("TIME",), ("INFO", *info_sections)] if info_sections else [("TIME",)]
         replies = self.storage(QUEUE_NAMES[0])._counts.round_trip(commands, calls)
         if replies is None:
             return None
-        if not info_sections:
-            return [*replies, None]
-        redis_now, info_reply, *counts = replies
-        return [redis_now, *counts, info_reply]
+        redis_now = tuple(int(part) for part in replies[0])
+        info = parse_info(replies[1]) if info_sections else None
+        return redis_now, replies[len(commands):], info
 
     # -- pause / resume / clear ----------------------------------------------------------
 

@@ -269,6 +269,10 @@ class Settings(ClarityBaseSettings):
     def queues(self) -> list[str]:
         return self.worker_queues.split(",")
 
+    def redis_user(self) -> str:
+        """The Redis ACL user this process connects as (`default` when none is named)."""
+        return self.redis_target().username or "default"
+
     def redis_target(self) -> RedisTarget:
         """Where Redis is: one URL, or sentinels and the name they monitor."""
         url = self.redis_url.get_secret_value() if self.redis_url is not None else ""

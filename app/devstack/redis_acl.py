@@ -32,6 +32,11 @@ def test_passwords(tag: str = "") -> dict[str, list[str]]:
     return {user: [f"test-{user}-password{tag}"] for user in USERS}
 
 
+def passwords(given: str | list[str]) -> list[str]:
+    """A user's passwords as the template takes them: one, or [current, previous, ...]."""
+    return [given] if isinstance(given, str) else list(given)
+
+
 def _hash(value: str, algorithm: str = "sha1") -> str:
     return hashlib.new(algorithm, str(value).encode()).hexdigest()
 

@@ -117,8 +117,7 @@ class RedisServer:
         return self.dir.resolve() / "users.acl"
 
     def password_of(self, user: str) -> str:
-        given = self.acl[user]
-        return given if isinstance(given, str) else given[0]
+        return redis_acl.passwords(self.acl[user])[0]
 
     def client_as(self, user: str, password: str | None = None, **kwargs) -> redis.Redis:
         return redis.Redis(port=self.port, username=user,
@@ -134,9 +133,8 @@ class RedisServer:
         old = self.acl
         self.acl = dict(acl)
         self.write_acl()
-        candidates = [self.password_of(redis_acl.OPERATOR), *(
-            [old[redis_acl.OPERATOR]] if isinstance(old[redis_acl.OPERATOR], str)
-            else old[redis_acl.OPERATOR])]
+        candidates = [self.password_of(redis_acl.OPERATOR),
+                      *redis_acl.passwords(old[redis_acl.OPERATOR])]
         for password in candidates:
             try:
                 self.client_as(redis_acl.OPERATOR, password).execute_command("ACL", "LOAD")

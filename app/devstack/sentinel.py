@@ -53,10 +53,10 @@ class SentinelGroup:
         if acl is not None:
             self.username = username or redis_acl.OPERATOR
             self.auth_user = redis_acl.SENTINEL
-            auth_pass = _first(acl[redis_acl.SENTINEL])
-            self.password = _first(acl[self.username])
+            auth_pass = redis_acl.passwords(acl[redis_acl.SENTINEL])[0]
+            self.password = redis_acl.passwords(acl[self.username])[0]
             masterauth = ("--masteruser", redis_acl.REPLICATION,
-                          "--masterauth", _first(acl[redis_acl.REPLICATION]))
+                          "--masterauth", redis_acl.passwords(acl[redis_acl.REPLICATION])[0])
         else:
             masterauth = ("--masterauth", password)
         self.auth_pass = auth_pass
@@ -162,7 +162,3 @@ class SentinelGroup:
         if self.tls is not None:
             env.update(self.tls.env)
         return env
-
-
-def _first(passwords: str | list[str]) -> str:
-    return passwords if isinstance(passwords, str) else passwords[0]
