@@ -53,10 +53,10 @@ def test_unit_passes_systemd_analyze_verify(name, tmp_path):
     assert result.stderr.strip() == ""
 
 
-# Our units, as their instances are named on the hosts. clarity-redis-thp.service writes a
-# kernel setting as root before Redis starts: it belongs to the redis role, which keeps it
-# as it is for now (docs/deploy.md, "Hardening").
+# Our units, as their instances are named on the hosts.
 EXPOSED_UNITS = {
+    "clarity-redis-thp.service": "clarity-redis-thp.service",
+    "clarity-tls-expiry.service": "clarity-tls-expiry.service",
     "clarity-worker@.service": "clarity-worker@sync.service",
     "clarity-admin.service": "clarity-admin.service",
     "clarity-legacy-poller.service": "clarity-legacy-poller.service",
