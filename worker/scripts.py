@@ -121,7 +121,9 @@ class FastScript:
         reply is read before an error reply is raised (the first one), so the connection
         never keeps an unread reply for the next caller."""
         conn = self._connection()
-        conn.send_packed_command([hiredis.pack_command(c) for c in commands],
+        # Joined into one buffer: redis-py sends each item of a list with its own sendall,
+        # a system call (and on TCP a segment Redis wakes up for) per command.
+        conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])],
                                  check_health=False)
         replies, error = [], None
         for _ in commands:
