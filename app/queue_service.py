@@ -55,7 +55,7 @@ def _engine():
 def _dispatcher(settings: Settings, migration: MigrationSettings) -> Dispatcher:
     from worker.connections import redis_client
 
-    key = (settings.huey_key(), migration.model_dump_json())
+    key = (settings.huey_key, migration.model_dump_json())
     with _lock:
         found = _dispatchers.get(key)
         if found is None:

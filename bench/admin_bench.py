@@ -3,9 +3,10 @@ Redis holding 1,000,000 waiting jobs over the five queues and 100,000 failed one
 
     .venv/bin/python -m bench.admin_bench [--waiting 1000000] [--failed 100000]
         [--seconds 20] [--connections 16] [--page-connections 4]
-        [--gunicorn-workers 2] [--threads 4]
+        [--rate 1000] [--paced-connections 64] [--gunicorn-workers 2] [--threads 4]
 
-Targets (issue 5): overview p99 <= 25 ms and >= 1,000 requests/s with auth on; a failed-jobs
+Targets (issue 5): overview p99 <= 25 ms and >= 1,000 requests/s with auth on (the p99 of a
+run paced to --rate requests/s, the throughput of an unpaced one); a failed-jobs
 page of 50 p99 <= 50 ms (pages at a few operators' concurrency, and again at the overview's).
 The app's rate limit is raised out of the way through its own
 settings (ADMIN_RATE_LIMIT) and nginx's through the template's variables; authentication,
@@ -153,8 +154,16 @@ class CpuMeter:
         return False
 
 
-def wrk(url: str, seconds: int, connections: int, threads: int = 2, pages: str = "") -> dict:
-    env = {**os.environ, "WRK_AUTH": ADMIN_KEY, "WRK_PAGES": pages}
+def wrk(url: str, seconds: int, connections: int, threads: int = 2, pages: str = "",
+        rate: int = 0) -> dict:
+    """wrk's results as a dict. `rate` (requests/s, 0: as fast as it goes) paces the
+    connections: each waits between its requests, so the latency measured is a request's at
+    that load. Unpaced, wrk keeps every connection busy and its latency is the queue's:
+    connections / throughput by Little's law, whatever one request costs."""
+    env = {**os.environ, "WRK_AUTH": ADMIN_KEY, "WRK_PAGES": pages,
+           # wrk waits whole milliseconds after each response; the response itself takes a
+           # few, so aim a little high (the achieved rate is what gets reported).
+           "WRK_DELAY_MS": str(max(1, round(connections * 1000 / rate) - 3) if rate else 0)}
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
                           "--timeout", "5s", "-s", str(LUA), url],
                          env=env, capture_output=True, text=True, check=True).stdout
@@ -178,6 +187,15 @@ def run_stack(server, workdir, args, cache_seconds: str, name: str, results: dic
                 results[f"overview_{name}"]["requests"])
         print(f"overview ({name}): {results[f'overview_{name}']}", flush=True)
         if name == "uncached":
+            # The target's question: how long does a request take while 1,000 a second
+            # arrive? (The unpaced run above answers how many go through at most.)
+            with CpuMeter(stack, server.proc.pid) as meter:
+                paced = wrk(base + "/api/admin/queue?action=overview", args.seconds,
+                            args.paced_connections, rate=args.rate)
+                paced["cpu_ms_per_request"] = meter.per_request_ms(paced["requests"])
+            results["overview_uncached_paced"] = paced
+            print(f"overview ({name}, paced to {args.rate} req/s over "
+                  f"{args.paced_connections} connections): {paced}", flush=True)
             pages = f"{','.join(QUEUES)}:{args.failed // len(QUEUES)}:50"
             with CpuMeter(stack, server.proc.pid) as meter:
                 results["failed_page_50"] = wrk(base + "/api/admin/queue", args.seconds,
@@ -203,6 +221,10 @@ def main() -> int:
                         help="wrk connections for the overview (and the busy page run)")
     parser.add_argument("--page-connections", type=int, default=4,
                         help="wrk connections for the failed-jobs pages (a few operators)")
+    parser.add_argument("--rate", type=int, default=1000,
+                        help="requests/s of the paced uncached-overview run (the target's load)")
+    parser.add_argument("--paced-connections", type=int, default=64,
+                        help="wrk connections the paced run spreads that rate over")
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
@@ -223,8 +245,11 @@ def main() -> int:
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    paced = results["overview_uncached_paced"]
     targets = {
-        "overview_p99_le_25ms": results["overview_uncached"]["p99_ms"] <= 25,
+        # p99 while the target's rate arrives, and that rate actually served (paced run);
+        # the most it can serve (unpaced run).
+        "overview_p99_le_25ms_at_1000_rps": paced["p99_ms"] <= 25 and paced["rps"] >= 1000,
         "overview_ge_1000_rps": results["overview_uncached"]["rps"] >= 1000,
         "failed_page_p99_le_50ms": results["failed_page_50"]["p99_ms"] <= 50,
     }

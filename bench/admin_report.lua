@@ -9,6 +9,14 @@ if pages and pages ~= "" then
   total, limit = tonumber(t), tonumber(l)
 end
 local counter = 0
+-- WRK_DELAY_MS > 0: each connection waits this long after a response before its next
+-- request (wrk calls delay() only when the script defines it), pacing the run to a rate.
+local pause = tonumber(os.getenv("WRK_DELAY_MS") or "0") or 0
+if pause > 0 then
+  function delay()
+    return pause
+  end
+end
 
 function setup(thread)
   thread:set("seed", math.random(1, 1000000))

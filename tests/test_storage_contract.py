@@ -148,6 +148,29 @@ class TestReliableOnly:
         lease = ours.lease(block=False)
         assert lease.data == b"j1" and lease.deliveries == 1
 
+    def test_a_new_job_due_now_is_stored_alike_by_the_short_and_the_full_script(self, ours):
+        """The commonest enqueue (fresh id, due now, no key, not a retry) runs
+        enqueue_now.lua, every other one enqueue.lua: a job must not tell them apart."""
+        from worker.storage import WireJob
+
+        short, full, last = (uuid.uuid4().hex for _ in range(3))
+        wake_before = ours.conn.llen(ours.keys.wake)
+        ours.enqueue_jobs([WireJob(short, b"m1", 5)], fresh=True)   # enqueue_now.lua
+        ours.enqueue_jobs([WireJob(full, b"m2", 5)], fresh=False)   # enqueue.lua
+        ours.enqueue_jobs([WireJob(last, b"m3", 5)], fresh=True)
+        a, b, c = (ours.conn.hgetall(ours.keys.job_prefix + i) for i in (short, full, last))
+        assert set(a) == set(b) == {b"msg", b"prio", b"state", b"seq", b"enq"}
+        assert (a[b"prio"], a[b"state"]) == (b[b"prio"], b[b"state"]) == (b"5", b"waiting")
+        assert int(c[b"seq"]) - 1 == int(b[b"seq"]) == int(a[b"seq"]) + 1
+        assert int(b[b"enq"]) >= int(a[b"enq"]) > 0
+        score_a, score_b = (ours.conn.zscore(ours.keys.waiting, i) for i in (short, full))
+        assert score_b == score_a + 1
+        assert ours.conn.llen(ours.keys.wake) == wake_before + 3
+        # FIFO within the priority across both scripts, higher priorities still first.
+        ours.enqueue_jobs([WireJob(uuid.uuid4().hex, b"urgent", 10)], fresh=True)
+        assert [ours.lease(block=False).data for _ in range(4)] == [b"urgent", b"m1", b"m2",
+                                                                     b"m3"]
+
 
 def test_the_five_queues_spread_over_a_clusters_shards_and_each_works(redis_cluster):
     from worker.storage import Settlement
@@ -165,4 +188,5 @@ def test_the_five_queues_spread_over_a_clusters_shards_and_each_works(redis_clus
             storage.keys.active, storage.keys.job(lease.id), storage.keys.wake))
         owners.add(client.nodes_manager.get_node_from_slot(slot).name)
     assert len(owners) > 1  # not all on one shard: Cluster spreads the load
+
 

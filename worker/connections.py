@@ -49,7 +49,7 @@ def ssl_kwargs(settings: Settings) -> dict:
 
 def sentinel_for(settings: Settings, timeout: float | None = None) -> Sentinel:
     """A Sentinel client for the configured sentinels (cached per configuration)."""
-    key = (settings.huey_key(), "sentinel", timeout)
+    key = (settings.huey_key, "sentinel", timeout)
     with _lock:
         found = _sentinels.get(key)
         if found is None:
@@ -71,7 +71,7 @@ def sentinel_for(settings: Settings, timeout: float | None = None) -> Sentinel:
 
 def connection_pool(settings: Settings, timeout: float | None = None) -> redis.ConnectionPool:
     """The shared pool of this configuration; `timeout` for short-fused probes (health)."""
-    key = (settings.huey_key(), timeout)
+    key = (settings.huey_key, timeout)
     with _lock:
         pool = _pools.get(key)
     if pool is not None:

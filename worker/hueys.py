@@ -267,9 +267,8 @@ def get_huey(queue: str, settings: Settings | None = None,
              consumer_id: str | None = None) -> ClarityHuey:
     """The Huey instance of `queue` (cached per process and configuration)."""
     settings = settings or get_settings()
-    key = (queue, consumer_id, settings.huey_key())
-    with _lock:
-        huey = _hueys.get(key)
+    key = (queue, consumer_id, settings.huey_key)
+    huey = _hueys.get(key)  # one dict read is atomic: the lock guards creation only
     if huey is None:
         load_task_modules(settings.task_modules)
         huey = ClarityHuey(queue, settings, connections.connection_pool(settings), consumer_id)

@@ -12,13 +12,12 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import (
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -111,7 +110,6 @@ class Settings(ClarityBaseSettings):
     audit_max_entries: int = Field(default=10_000, ge=100, le=1_000_000)
     audit_max_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
 
-    _huey_key: str | None = PrivateAttr(default=None)
 
     # Logging.
     log_level: str = Field(default="INFO")
@@ -253,17 +251,23 @@ class Settings(ClarityBaseSettings):
         return {"ssl_ca_certs": ca, "ssl_certfile": cert, "ssl_keyfile": key,
                 "ssl_check_hostname": self.redis_tls_check_hostname}
 
+    def model_copy(self, *, update=None, deep=False):
+        """A copy whose huey_key is worked out again: `update` may change a part of it."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("huey_key", None)
+        return copy
+
+    @cached_property
     def huey_key(self) -> str:
         """What a queue's Huey instance depends on, hashed: callers that pass different
-        settings (another Redis, a rotated secret) get their own instance."""
-        if self._huey_key is None:
-            parts = (self.redis_connection_url(), self.redis_username or "",
-                     self.redis_sentinels, repr(sorted(self.redis_tls_kwargs().items())),
-                     self.redis_sentinel_master, self.redis_key_prefix,
-                     self.signing_secret.get_secret_value(), *self.previous_signing_secrets,
-                     repr(self.lease_seconds), str(self.max_deliveries), self.task_modules)
-            self._huey_key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
-        return self._huey_key
+        settings (another Redis, a rotated secret) get their own instance. Cached as a plain
+        attribute: every enqueue reads it (a pydantic private attribute costs a __getattr__)."""
+        parts = (self.redis_connection_url(), self.redis_username or "",
+                 self.redis_sentinels, repr(sorted(self.redis_tls_kwargs().items())),
+                 self.redis_sentinel_master, self.redis_key_prefix,
+                 self.signing_secret.get_secret_value(), *self.previous_signing_secrets,
+                 repr(self.lease_seconds), str(self.max_deliveries), self.task_modules)
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
     @property
     def queues(self) -> list[str]:

@@ -132,6 +132,7 @@ class ReliableRedisStorage(PriorityRedisStorage):
         self._move_failed, self._expired = load("move_failed"), load("expired")
         self._prune_failed, self._resign = load("prune_failed"), load("resign")
         self._counts, self._page = load("counts"), load("page")
+        self._enqueue_now = load("enqueue_now")
 
     # -- enqueue -------------------------------------------------------------------------
 
@@ -141,6 +142,14 @@ class ReliableRedisStorage(PriorityRedisStorage):
         created when a job with that id exists, or a retry's lease was lost.
         `fresh`: every id was just generated, so no earlier job exists (saves a lookup)."""
         k = self.keys
+        if fresh and len(jobs) == 1 and not self.wait_replicas:
+            job = jobs[0] if isinstance(jobs[0], WireJob) else WireJob(*jobs[0])
+            if not (job.eta_ms or job.delay_ms or job.idempotency_key or job.lease):
+                # The commonest call (a new job, due now) on its short script.
+                _created, job_id = self._enqueue_now(
+                    keys=(k.waiting, k.seq, k.wake, k.job_prefix + job.id),
+                    args=(job.id, job.data, int(job.priority)))
+                return [(True, _text(job_id))]
         keys = [k.waiting, k.delayed, k.seq, k.wake, k.active]
         args = []
         fresh_flag = "1" if fresh else "0"

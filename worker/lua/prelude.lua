@@ -1,12 +1,11 @@
--- Prepended to every script when it loads (worker/scripts.py): what all of them share.
+-- Prepended to every script but the bare ones (worker/scripts.py BARE): what they share.
 -- {{PRIORITY_BAND}} and {{MAX_PRIORITY}} are substituted from worker/queues.py, so the
 -- waiting-score formula has one definition for Python and Lua.
 local PRIORITY_BAND = {{PRIORITY_BAND}}
 local MAX_PRIORITY = {{MAX_PRIORITY}}
-local WAKE_TOKENS_MAX = 256  -- idle consumers need at most one token each
--- Trimmed back to WAKE_TOKENS_MAX only past this: with no idle consumer (a backlog, when
--- enqueue speed matters) one LTRIM per 768 enqueues instead of one per enqueue.
-local WAKE_TOKENS_TRIM_AT = 4 * WAKE_TOKENS_MAX
+-- Wake tokens kept, and the length past which the list is trimmed back (worker/scripts.py).
+local WAKE_TOKENS_MAX = {{WAKE_TOKENS_MAX}}
+local WAKE_TOKENS_TRIM_AT = {{WAKE_TOKENS_TRIM_AT}}
 
 -- Redis' clock in milliseconds: every host agrees on it, unlike their own clocks.
 local function now_ms()
