@@ -152,3 +152,15 @@ def stranger_certificate(host) -> tuple[str, str]:
     assert made.rc == 0, made.stderr
     directory = made.stdout.strip()
     return f"{directory}/c.crt", f"{directory}/c.key"
+
+
+def served_serial(host, address: str, port: int = 6380) -> str:
+    """The serial of the certificate the node on `host` presents on `port` (checked against
+    the fleet's CA and the address connected to, as the Python clients check it)."""
+    tls = "/etc/clarity/tls"
+    out = host.run(
+        f"openssl s_client -connect {address}:{port} -CAfile {tls}/ca.crt -verify_return_error "
+        f"-verify_ip {address} -cert {tls}/host.crt -key {tls}/host.key </dev/null 2>/dev/null "
+        "| openssl x509 -noout -serial")
+    assert out.rc == 0, out.stdout + out.stderr
+    return out.stdout.strip().split("=", 1)[1]

@@ -23,7 +23,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import http_once, podman_host, redis_probe, run_playbook, stranger_certificate
+from conftest import (
+    http_once,
+    podman_host,
+    redis_probe,
+    run_playbook,
+    served_serial,
+    stranger_certificate,
+)
 from conftest import wait_for as _wait_for
 
 ANSIBLE_DIR = Path(__file__).resolve().parents[3]
@@ -520,18 +527,6 @@ def test_backup_shipped_off_host_then_restore_yml_brings_the_jobs_back_and_they_
 
 
 # --- 5. certificates renewed in place -------------------------------------------------------
-
-def served_serial(host, address: str, port: int = 6380) -> str:
-    """The serial of the certificate the node on `host` presents on `port` (checked against
-    the fleet's CA and the address, as the Python clients check it)."""
-    tls = "/etc/clarity/tls"
-    out = host.run(
-        f"openssl s_client -connect {address}:{port} -CAfile {tls}/ca.crt -verify_return_error "
-        f"-verify_ip {address} -cert {tls}/host.crt -key {tls}/host.key </dev/null 2>/dev/null "
-        "| openssl x509 -noout -serial")
-    assert out.rc == 0, out.stdout + out.stderr
-    return out.stdout.strip().split("=", 1)[1]
-
 
 def test_certificates_near_their_end_are_reissued_and_redis_serves_them_without_a_restart(fleet):
     """site.yml with a renewal window longer than the certificates have left (400 of 365

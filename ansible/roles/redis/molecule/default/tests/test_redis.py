@@ -1,9 +1,10 @@
 """The redis role: a hardened Redis that refuses strangers and never evicts jobs."""
 
+import os
 import re
 
 import pytest
-from conftest import MAX_EXPOSURE, unit_exposure
+from conftest import MAX_EXPOSURE, served_serial, stranger_certificate, unit_exposure
 
 PASSWORD = "molecule-redis-password-0123456789abcdef"
 CONFIG_COMMAND = "CLARITY_CONFIG_molecule"
@@ -153,17 +154,6 @@ def private_address(host) -> str:
     return host.run("ip -4 -o route get 1.1.1.1").stdout.split("src ")[1].split()[0]
 
 
-def served_serial(host, address: str, port: int = 6380) -> str:
-    """The serial of the certificate Redis presents on its TLS port (checked against the
-    fleet's CA and the address connected to, as the Python clients check it)."""
-    out = host.run(
-        f"openssl s_client -connect {address}:{port} -CAfile {TLS}/ca.crt -verify_return_error "
-        f"-verify_ip {address} -cert {TLS}/host.crt -key {TLS}/host.key </dev/null 2>/dev/null "
-        "| openssl x509 -noout -serial")
-    assert out.rc == 0, out.stdout + out.stderr
-    return out.stdout.strip().split("=", 1)[1]
-
-
 def test_redis_config_turns_tls_on_for_clients_and_replication(host):
     conf = host.file("/etc/redis/redis.conf")
     for line in ("tls-port 6380", f"tls-cert-file {TLS}/host.crt", f"tls-key-file {TLS}/host.key",
@@ -213,21 +203,12 @@ def test_the_tls_port_refuses_a_client_without_a_certificate_or_with_another_cas
     address = private_address(host)
     bare = host.run(f"redis-cli --tls --cacert {TLS}/ca.crt -h {address} -p 6380 PING")
     assert "PONG" not in bare.stdout and "NOAUTH" not in bare.stdout, bare.stdout
-    made = host.run(
-        "set -e; d=$(mktemp -d); cd $d; "
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key "
-        "-out ca.crt -days 2 -subj /CN=stranger-ca 2>/dev/null; "
-        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout c.key "
-        "-out c.csr -subj /CN=stranger 2>/dev/null; "
-        "openssl x509 -req -in c.csr -CA ca.crt -CAkey ca.key -days 1 -out c.crt 2>/dev/null; "
-        "echo $d")
-    assert made.rc == 0, made.stderr
-    stranger = made.stdout.strip()
+    cert, key = stranger_certificate(host)
     other = host.run(f"REDISCLI_AUTH={PASSWORD} redis-cli --tls --cacert {TLS}/ca.crt "
-                     f"--cert {stranger}/c.crt --key {stranger}/c.key -h {address} -p 6380 "
+                     f"--cert {cert} --key {key} -h {address} -p 6380 "
                      "--user clarity-operator --no-auth-warning PING")
     assert "PONG" not in other.stdout, other.stdout
-    host.run(f"rm -rf {stranger}")
+    host.run(f"rm -rf {os.path.dirname(cert)}")
 
 
 def test_the_firewall_refuses_the_plain_port_to_other_hosts_at_once(host):
