@@ -160,10 +160,23 @@ def wrk(url: str, seconds: int, connections: int, threads: int = 2, pages: str =
     connections: each waits between its requests, so the latency measured is a request's at
     that load. Unpaced, wrk keeps every connection busy and its latency is the queue's:
     connections / throughput by Little's law, whatever one request costs."""
+    delay_ms = 0
+    if rate:
+        # wrk waits whole milliseconds after each response, so a connection's period is that
+        # wait plus the response time: measure the response time at about this load first,
+        # then wait what is left of the period (rounded down: the rate is reached, not missed).
+        period_ms = connections * 1000 / rate
+        probe = _wrk(url, 5, connections, threads, pages, max(1, int(period_ms) - 3))
+        delay_ms = max(1, int(period_ms - probe["mean_ms"]) - 1)
+    result = _wrk(url, seconds, connections, threads, pages, delay_ms)
+    if rate:
+        result["delay_ms"] = delay_ms
+    return result
+
+
+def _wrk(url, seconds, connections, threads, pages, delay_ms) -> dict:
     env = {**os.environ, "WRK_AUTH": ADMIN_KEY, "WRK_PAGES": pages,
-           # wrk waits whole milliseconds after each response; the response itself takes a
-           # few, so aim a little high (the achieved rate is what gets reported).
-           "WRK_DELAY_MS": str(max(1, round(connections * 1000 / rate) - 3) if rate else 0)}
+           "WRK_DELAY_MS": str(delay_ms)}
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
                           "--timeout", "5s", "-s", str(LUA), url],
                          env=env, capture_output=True, text=True, check=True).stdout
@@ -251,7 +264,8 @@ def main() -> int:
         # the most it can serve (unpaced run).
         "overview_p99_le_25ms_at_1000_rps": paced["p99_ms"] <= 25 and paced["rps"] >= 1000,
         "overview_ge_1000_rps": results["overview_uncached"]["rps"] >= 1000,
-        "failed_page_p99_le_50ms": results["failed_page_50"]["p99_ms"] <= 50,
+        # The issue's target: at --connections (16), not at a few operators' 4.
+        "failed_page_p99_le_50ms_busy": results["failed_page_50_busy"]["p99_ms"] <= 50,
     }
     results["targets_met_uncached"] = targets
     results["machine"]["loadavg_at_end"] = os.getloadavg()

@@ -68,7 +68,7 @@ def test_operator_logs_in_and_retries_a_failed_job_which_then_runs(
                      timeout=30, message="the flaky job to fail")
             client.set(f"{PREFIX}:test:heal", "1")
 
-            wait = WebDriverWait(browser, 20)
+            wait = WebDriverWait(browser, 60)  # a bound for a loaded machine, not a timing
             browser.get(open_stack.url + "/")
             wait.until(ec.presence_of_element_located((By.ID, "key")))
             browser.find_element(By.ID, "key").send_keys(ADMIN_KEY)
@@ -134,7 +134,7 @@ def test_operator_reads_charts_finds_a_job_and_filters_the_failed_list(
                                      headers=ADMIN).json()["counts"]["failed"] == 5,
                      timeout=40, message="five jobs to fail for good")
 
-            wait = WebDriverWait(browser, 20)
+            wait = WebDriverWait(browser, 60)  # a bound for a loaded machine, not a timing
             browser.get(open_stack.url + "/")
             wait.until(ec.presence_of_element_located((By.ID, "key")))
             browser.find_element(By.ID, "key").send_keys(ADMIN_KEY)
