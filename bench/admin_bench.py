@@ -160,18 +160,15 @@ def wrk(url: str, seconds: int, connections: int, threads: int = 2, pages: str =
     connections: each waits between its requests, so the latency measured is a request's at
     that load. Unpaced, wrk keeps every connection busy and its latency is the queue's:
     connections / throughput by Little's law, whatever one request costs."""
-    delay_ms = 0
-    if rate:
-        # wrk waits whole milliseconds after each response, so a connection's period is that
-        # wait plus the response time: measure the response time at about this load first,
-        # then wait what is left of the period (rounded down: the rate is reached, not missed).
-        period_ms = connections * 1000 / rate
-        probe = _wrk(url, 5, connections, threads, pages, max(1, int(period_ms) - 3))
-        delay_ms = max(1, int(period_ms - probe["mean_ms"]) - 1)
-    result = _wrk(url, seconds, connections, threads, pages, delay_ms)
-    if rate:
-        result["delay_ms"] = delay_ms
-    return result
+    if not rate:
+        return _wrk(url, seconds, connections, threads, pages, 0)
+    # wrk waits whole milliseconds after each response, so a connection's period is that
+    # wait plus the response time: measure the response time at about this load first,
+    # then wait what is left of the period (rounded down: the rate is reached, not missed).
+    period_ms = connections * 1000 / rate
+    probe = _wrk(url, 5, connections, threads, pages, max(1, int(period_ms) - 3))
+    delay_ms = max(1, int(period_ms - probe["mean_ms"]) - 1)
+    return {**_wrk(url, seconds, connections, threads, pages, delay_ms), "delay_ms": delay_ms}
 
 
 def _wrk(url, seconds, connections, threads, pages, delay_ms) -> dict:

@@ -188,5 +188,3 @@ def test_the_five_queues_spread_over_a_clusters_shards_and_each_works(redis_clus
             storage.keys.active, storage.keys.job(lease.id), storage.keys.wake))
         owners.add(client.nodes_manager.get_node_from_slot(slot).name)
     assert len(owners) > 1  # not all on one shard: Cluster spreads the load
-
-

@@ -17,8 +17,8 @@ from redis.exceptions import NoScriptError
 
 from worker.queues import MAX_PRIORITY, PRIORITY_BAND
 
-NAMES = ("enqueue", "enqueue_now", "lease", "renew", "reap", "promote", "move_failed", "remove", "expired",
-         "prune_failed", "resign", "counts", "page")
+NAMES = ("enqueue", "enqueue_now", "lease", "renew", "reap", "promote", "move_failed", "remove",
+         "expired", "prune_failed", "resign", "counts", "page")
 
 
 def _read(name: str) -> str:

@@ -110,7 +110,6 @@ class Settings(ClarityBaseSettings):
     audit_max_entries: int = Field(default=10_000, ge=100, le=1_000_000)
     audit_max_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
 
-
     # Logging.
     log_level: str = Field(default="INFO")
     state_dir: Path = Path(".state")
