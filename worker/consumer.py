@@ -45,6 +45,7 @@ from worker.connections import failure_text
 from worker.events import ActiveJob, RuntimeEvents
 from worker.hueys import ClarityHuey, RefusedMessage, get_huey
 from worker.logs import job_context
+from worker.process_id import current_pid
 from worker.settings import Settings
 from worker.storage import PAUSED, Settlement
 
@@ -301,7 +302,7 @@ class LeaseKeeper:
 
     @classmethod
     def ensure(cls, huey, state, events, enforce_timeouts=False):
-        key = (os.getpid(), huey.queue)
+        key = (current_pid(), huey.queue)
         with cls._lock:
             if key not in cls._instances:
                 keeper = cls(huey, state, events, enforce_timeouts)

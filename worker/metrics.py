@@ -62,9 +62,13 @@ def prepare_multiprocess(processes: bool) -> str | None:
         return None
     # prometheus-client picks its value class when first imported; if something imported
     # it before the directory was known, pick again (metrics are only built after this).
+    # Its values ask for the process id on every update to notice a fork; ours is cached
+    # and renewed in a forked child (worker.process_id), one system call fewer each time.
     from prometheus_client import values
 
-    values.ValueClass = values.get_value_class()
+    from worker.process_id import current_pid
+
+    values.ValueClass = values.MultiProcessValue(process_identifier=current_pid)
     return path
 
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import threading
 import time
 
 import redis
 
+from worker.process_id import current_pid
 from worker.queues import QueueKeys
 
 log = logging.getLogger("clarity.series")
@@ -111,7 +111,7 @@ class SeriesRecorder:
         self.flush()
 
     def _ensure_thread(self) -> None:
-        pid = os.getpid()
+        pid = current_pid()
         if self._pid == pid:
             return
         with self._lock:
