@@ -67,3 +67,22 @@ def test_workers_are_listed_while_running_and_leave_on_a_clean_stop(env, workers
     assert all(w["concurrency"] == 4 for w in seen)
     worker.stop()
     assert manager.workers() == []
+
+
+def test_timestamps_are_iso_8601_utc_to_the_millisecond():
+    # Redis keeps milliseconds as integers in job hashes and as float scores in sorted sets;
+    # each minute's text is cached, so neighbouring minutes and midnight must not mix up.
+    import datetime as dt
+
+    from worker.management import _iso_ms
+
+    def expected(ms):
+        t = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ms)
+        return t.isoformat(timespec="milliseconds") + "Z"
+
+    for ms in (0, 999, 59_999, 60_000, 1_767_225_599_999, 1_767_225_600_000, 1_767_225_600_001,
+               951_782_400_123):  # 2025-12-31T23:59:59.999, its next millisecond, 2000-02-29
+        for raw in (ms, str(ms).encode(), str(ms), f"{ms}.0".encode()):
+            assert _iso_ms(raw) == expected(ms), raw
+    assert _iso_ms(b"1767225600000") == "2026-01-01T00:00:00.000Z"
+    assert _iso_ms(None) is None and _iso_ms(b"") is None

@@ -7,6 +7,7 @@ each question be answered from a sorted set and a few job hashes.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -83,10 +84,22 @@ def _seconds(redis_time) -> float:
 
 
 def _iso_ms(ms):
+    """Milliseconds since the epoch (as Redis keeps them) in ISO 8601, UTC."""
     if ms in (None, b"", ""):
         return None
-    ms = int(float(ms))
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+    try:
+        ms = int(ms)
+    except ValueError:  # a sorted-set score: "1764567890123.0"
+        ms = int(float(ms))
+    minute, rest = divmod(ms, 60_000)
+    return f"{_minute_text(minute)}{rest // 1000:02d}.{rest % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute_text(minute: int) -> str:
+    # strftime is most of a timestamp's cost and a page of jobs shows three per job, mostly
+    # from a few minutes: the date, hour and minute are formatted once per minute.
+    return time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(minute * 60))
 
 
 class QueueManager:
