@@ -223,6 +223,7 @@ def run_stack(server, workdir, args, cache_seconds: str, name: str, results: dic
 
 
 def main() -> int:
+    record.begin()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waiting", type=int, default=1_000_000)
     parser.add_argument("--failed", type=int, default=100_000)

@@ -54,6 +54,12 @@ def compare(old: dict, new: dict, threshold: float) -> tuple[list[tuple], bool]:
     return rows, regressed
 
 
+def _loads(machine: dict) -> str:
+    """The load average at the start (runs recorded since bench.record.begin) and the end."""
+    start = machine.get("load_at_start")
+    return f"{start} at the start, {machine['load']} at the end" if start else str(machine["load"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,8 +69,8 @@ def main(argv=None) -> int:
                         help="flag a figure this much worse (default 0.15 = 15%%)")
     args = parser.parse_args(argv)
     old, new = (json.loads(p.read_text()) for p in (args.old, args.new))
-    print(f"old: {old['bench']} {old['commit']} load {old['machine']['load']}")
-    print(f"new: {new['bench']} {new['commit']} load {new['machine']['load']}")
+    for label, doc in (("old", old), ("new", new)):
+        print(f"{label}: {doc['bench']} {doc['commit']} load {_loads(doc['machine'])}")
     rows, regressed = compare(old, new, args.threshold)
     width = max((len(r[0]) for r in rows), default=10)
     for name, before, after, ratio, sense, worse in rows:

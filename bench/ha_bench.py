@@ -147,6 +147,7 @@ def restore_time(jobs: int, workdir: Path) -> dict:
 
 
 def main() -> None:
+    record.begin()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)

@@ -36,6 +36,7 @@ def per_job(client, fill, n: int) -> float:
 
 
 def main() -> None:
+    record.begin()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=100_000)

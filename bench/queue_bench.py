@@ -240,6 +240,7 @@ def count_round_trips(server, action, n, exclude_addr=None):
 
 
 def main():
+    record.begin()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20000)

@@ -25,8 +25,22 @@ def _git(*args: str) -> str:
         return ""
 
 
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+_begun: dict = {}
+
+
+def begin() -> None:
+    """Note when the run starts and the machine's load then: a bench calls it first thing,
+    and save() reports both beside the end's (the load at the start says whether the
+    machine was quiet; at the end it is partly the bench's own)."""
+    _begun.update(at=dt.datetime.now(dt.UTC), load=_load())
+
+
 def machine() -> dict:
-    return {"load": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+    return {"load": _load(), "load_at_start": _begun.get("load"), "cpus": os.cpu_count(),
             "python": platform.python_version(), "host": platform.node()}
 
 
@@ -37,7 +51,7 @@ def save(bench: str, figures: dict, started: dt.datetime | None = None,
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     finished = dt.datetime.now(dt.UTC)
     doc = {"bench": bench, "commit": commit, "dirty": dirty,
-           "started": (started or finished).isoformat(timespec="seconds"),
+           "started": (started or _begun.get("at") or finished).isoformat(timespec="seconds"),
            "finished": finished.isoformat(timespec="seconds"), "machine": machine(),
            "figures": figures}
     if path is None:

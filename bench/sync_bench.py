@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
+    from bench import record
+
+    record.begin()
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     server = ctx.Process(target=_serve, args=(queue,), daemon=True)
@@ -99,8 +102,6 @@ def main() -> None:
     for r in results:
         print(f"{r['backend']:<11} {r['run']:<7} {r['seconds']:>8.2f} {r['db_seconds']:>7.2f} "
               f"{r['db_share']:>8.0%} {r['rows_changed']:>13}")
-    from bench import record
-
     record.save("sync", {f"{r['backend']}_{r['run']}": {"seconds": r["seconds"],
                                                         "db_seconds": r["db_seconds"]}
                          for r in results})

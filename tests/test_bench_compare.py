@@ -26,3 +26,16 @@ def test_worse_rates_and_slower_latencies_are_flagged_better_ones_are_not(tmp_pa
     out = capsys.readouterr().out
     flagged = [line.split()[0] for line in out.splitlines() if line.endswith("WORSE")]
     assert flagged == ["clarity_enqueue_per_s", "clarity_latency.p99_ms"]  # not the 0.25 %
+
+
+def test_a_run_records_when_it_started_and_the_load_then(tmp_path, monkeypatch):
+    from bench import record
+
+    loads = iter([(0.25, 0.5, 1.0), (1.75, 0.75, 1.0)])  # at the start, then at the end
+    monkeypatch.setattr(record.os, "getloadavg", lambda: next(loads))
+    monkeypatch.setattr(record, "_begun", {})
+    record.begin()
+    doc = json.loads(record.save("queue", {"x": 1}, path=tmp_path / "run.json").read_text())
+    assert doc["machine"]["load_at_start"] == [0.25, 0.5, 1.0]
+    assert doc["machine"]["load"] == [1.75, 0.75, 1.0]
+    assert doc["started"] <= doc["finished"] and doc["figures"] == {"x": 1}
