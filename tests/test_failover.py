@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -137,3 +138,20 @@ def test_doctor_health_and_the_admin_name_the_primary_and_its_replicas(configure
     checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
     assert checks["topology"]["status"] == "ok" and primary in checks["topology"]["detail"]
     reset_admin_settings_cache()
+
+
+def test_a_sentinel_whose_port_was_taken_meanwhile_starts_on_another(tmp_path):
+    # The test stack picks ports before it starts anything; a replication link or a client
+    # may take one as its own ephemeral port in between (it happened in a full run).
+    group = SentinelGroup(tmp_path / "ha", replicas=1, sentinels=3)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))  # held as a client's source port is: not listening
+        taken = squatter.getsockname()[1]
+        group.sentinel_ports[0] = taken
+        group.start()
+        try:
+            assert taken not in group.sentinel_ports and len(group.sentinel_ports) == 3
+            assert all(group.sentinel_client(p).ping() for p in group.sentinel_ports)
+            assert len(group.sentinels) == 3  # the one that failed to bind is not kept
+        finally:
+            group.stop()

@@ -33,6 +33,10 @@ MASTER = "clarity"
 CONFIG_COMMAND = "CLARITY_CONFIG_b3f1c9"  # as renamed in redis/redis.conf
 
 
+class PortTaken(RuntimeError):
+    """The port picked for a server was bound by something else before the server started."""
+
+
 class SentinelGroup:
     def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3,
                  master: str = MASTER, password: str = PASSWORD, down_after_ms: int = 1000,
@@ -77,8 +81,8 @@ class SentinelGroup:
         for node in replicas:
             node.extra = (*node.extra, "--replicaof", "127.0.0.1", str(primary.port))
             node.start()
-        for port in self.sentinel_ports:
-            self._start_sentinel(port, primary.port)
+        for i, port in enumerate(self.sentinel_ports):
+            self.sentinel_ports[i] = self._start_sentinel(port, primary.port)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -95,7 +99,18 @@ class SentinelGroup:
         raise RuntimeError(f"{len(replicas)} replica(s) not in sync and seen by the sentinels "
                            f"within {timeout}s")
 
-    def _start_sentinel(self, port: int, primary_port: int) -> None:
+    def _start_sentinel(self, port: int, primary_port: int, attempts: int = 3) -> int:
+        """Start a sentinel on `port`, or on another free port if that one was taken since it
+        was picked (the servers' replication links and our clients take ephemeral ports from
+        the same range meanwhile); the port it listens on."""
+        for _ in range(attempts - 1):
+            try:
+                return self._start_sentinel_on(port, primary_port)
+            except PortTaken:
+                port = free_port()
+        return self._start_sentinel_on(port, primary_port)
+
+    def _start_sentinel_on(self, port: int, primary_port: int) -> int:
         conf = self.dir / f"sentinel-{port}.conf"  # sentinels rewrite their file: ours alone
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\ndir {self.dir.resolve()}\n"
@@ -115,10 +130,14 @@ class SentinelGroup:
         while time.monotonic() < deadline and child.alive:
             try:
                 if self.sentinel_client(port).ping():
-                    return
-            except redis.ConnectionError:
+                    return port
+            except (redis.ConnectionError, redis.TimeoutError):  # not up yet, or not ours
                 time.sleep(0.05)
-        raise RuntimeError(f"sentinel on port {port} did not start:\n{tail(child.log)}")
+        log = tail(child.log)
+        if "Address already in use" in log and not child.alive:
+            self.sentinels.remove(child)
+            raise PortTaken(port)
+        raise RuntimeError(f"sentinel on port {port} did not start:\n{log}")
 
     def stop(self) -> None:
         for child in self.sentinels:
