@@ -65,6 +65,7 @@ def _session_secret(settings: Settings, admin: AdminSettings) -> bytes:
 def create_app(test_config: dict | None = None) -> Flask:
     from app.admin import actions, api, dashboard, errors, jobs, metrics, webhooks
     from app.admin.auth import KeyRing
+    from app.admin.json_encoding import AdminJSONProvider
     from app.admin.limits import RateLimits
     from worker.connections import redis_client
     from worker.management import QueueManager
@@ -98,7 +99,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         CLARITY_SETTINGS=settings,
         CLARITY_ADMIN=admin,
     )
-    app.json.sort_keys = False
+    app.json = AdminJSONProvider(app)  # orjson where it gives the same document
     app.config.update(test_config)
 
     if admin.admin_proxy_hops:
