@@ -44,14 +44,14 @@ def machine() -> dict:
             "python": platform.python_version(), "host": platform.node()}
 
 
-def save(bench: str, figures: dict, started: dt.datetime | None = None,
-         path: Path | None = None) -> Path:
-    """Write the run; `figures` is the bench's own dict of results (nested is fine)."""
+def save(bench: str, figures: dict, path: Path | None = None) -> Path:
+    """Write the run; `figures` is the bench's own dict of results (nested is fine). Its
+    start is what begin() noted (the end, for a bench that never called it)."""
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     finished = dt.datetime.now(dt.UTC)
     doc = {"bench": bench, "commit": commit, "dirty": dirty,
-           "started": (started or _begun.get("at") or finished).isoformat(timespec="seconds"),
+           "started": _begun.get("at", finished).isoformat(timespec="seconds"),
            "finished": finished.isoformat(timespec="seconds"), "machine": machine(),
            "figures": figures}
     if path is None:

@@ -1,7 +1,9 @@
 """Queue management: counts by state and priority, pause/resume, clear, lookup."""
 
+import datetime as dt
+
 from tests.helpers import recorded, wait_for
-from worker.management import QueueManager
+from worker.management import QueueManager, _iso_ms
 from worker.producer import enqueue
 
 
@@ -72,10 +74,6 @@ def test_workers_are_listed_while_running_and_leave_on_a_clean_stop(env, workers
 def test_timestamps_are_iso_8601_utc_to_the_millisecond():
     # Redis keeps milliseconds as integers in job hashes and as float scores in sorted sets;
     # each minute's text is cached, so neighbouring minutes and midnight must not mix up.
-    import datetime as dt
-
-    from worker.management import _iso_ms
-
     def expected(ms):
         t = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ms)
         return t.isoformat(timespec="milliseconds") + "Z"
