@@ -99,6 +99,33 @@ class SentinelGroup:
         raise RuntimeError(f"{len(replicas)} replica(s) not in sync and seen by the sentinels "
                            f"within {timeout}s")
 
+    def wait_replicas_healthy(self, timeout: float = 30.0) -> SentinelGroup:
+        """Until every sentinel lists every replica as a plain, linked replica.
+
+        start() returns once one sentinel lists the replicas, but a sentinel learns a
+        replica's link status from the replica's INFO, polled every 10 s: a replica still
+        syncing when first polled stays "err" to it until the next poll. Whatever asks the
+        sentinels which replica is healthy (the backup script) waits for this first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            views = {}
+            for port in self.sentinel_ports:
+                try:
+                    # flags: "slave" as sent, or a set where redis-py parses it.
+                    views[port] = [
+                        (",".join(sorted(r["flags"])) if isinstance(r["flags"], set) else r["flags"],
+                         r.get("master-link-status"))
+                        for r in self.sentinel_client(port).sentinel_slaves(self.master)]
+                except redis.RedisError as exc:
+                    views[port] = repr(exc)
+            if all(view == [("slave", "ok")] * (len(self.nodes) - 1) for view in views.values()):
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replicas not healthy to every sentinel within {timeout}s: "
+                                   f"{views}")
+            time.sleep(0.2)
+
     def _start_sentinel(self, port: int, primary_port: int, attempts: int = 3) -> int:
         """Start a sentinel on `port`, or on another free port if that one was taken since it
         was picked (the servers' replication links and our clients take ephemeral ports from

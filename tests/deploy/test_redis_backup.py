@@ -168,6 +168,8 @@ def test_with_sentinel_one_healthy_replica_backs_up_else_the_primary(tmp_path):
     the sentinels list (no fork on the primary), the primary once no replica is healthy."""
     group = SentinelGroup(tmp_path / "ha", replicas=2).start()
     try:
+        # Else a replica a sentinel still thinks is syncing is passed over by the script.
+        group.wait_replicas_healthy()
         sentinel_env = {"SENTINELS": " ".join(f"127.0.0.1:{p}" for p in group.sentinel_ports),
                         "SENTINEL_MASTER": group.master, "SELF_ADDRESS": "127.0.0.1"}
         primary, *replicas = group.nodes
