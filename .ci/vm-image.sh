@@ -22,9 +22,12 @@ python3,iproute2,ifupdown,isc-dhcp-client,procps,sudo"
 # native speed in the chroot: under TCG, dpkg and apt take about ten minutes of the VMs'
 # CPU for them. The roles still run their apt tasks (which find them installed) and
 # configure everything else as on metal; installing them is what the container scenarios
-# prove. A package a role adds later and this list lacks is simply installed by the role.
+# prove. A package a role adds later and this list lacks is simply installed by the role
+# (CI's `vm` log shows it as a changed apt task: add it here). The second line is the
+# common role's hardening tools and unattended-upgrades (6 minutes of TCG when left out).
 ROLE_PACKAGES="ca-certificates nftables systemd-timesyncd python3-apt redis-server redis-tools cron
-prometheus-redis-exporter prometheus-node-exporter python3-venv"
+prometheus-redis-exporter prometheus-node-exporter python3-venv
+unattended-upgrades auditd needrestart sysstat debsums apt-show-versions libpam-tmpdir libpam-pwquality"
 
 log() { printf '=== %s  %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -38,6 +41,17 @@ debian_mirror() {  # the mirror apt already uses on this machine (deb822 or one-
     fi
     [[ -n "$m" ]] || { echo "no Debian mirror found in /etc/apt" >&2; return 1; }
     echo "$m"
+}
+
+security_mirror() {  # security_mirror MIRROR: this machine's security source, else MIRROR-security
+    local m
+    m=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | awk '{print $2}' | grep security | head -n1 || true)
+    if [[ -z "$m" ]]; then
+        m=$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk '{print $2}' | grep security | head -n1 || true)
+    fi
+    echo "${m:-${1%/}-security}"
 }
 
 customise_rootfs() {  # customise_rootfs ROOTFS OUT MIRROR: turn the debootstrapped tree into a server
@@ -60,8 +74,11 @@ iface lo inet loopback
 auto eth0
 iface eth0 inet dhcp
 EOF
-    printf 'deb %s bookworm main\ndeb %s bookworm-updates main\n' "$mirror" "$mirror" \
-        > "$rootfs/etc/apt/sources.list"
+    # A stock Debian server's sources, the security pocket included (the common role adds
+    # it only where no source has it: that path is the container scenarios'). Without it
+    # here, each VM would refresh apt's lists under TCG once the role had added it.
+    printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s bookworm-security main\n' \
+        "$mirror" "$mirror" "$(security_mirror "$mirror")" > "$rootfs/etc/apt/sources.list"
     # Root logs in with this image's key only (sshd's default: prohibit-password).
     install -d -m 0700 "$rootfs/root/.ssh"
     ssh-keygen -q -t ed25519 -N '' -C clarity-vm -f "$out/id_ed25519"
@@ -88,7 +105,7 @@ EOF
 image_key() {
     {
         printf '%s\n%s\n' "$VM_PACKAGES" "$ROLE_PACKAGES"
-        declare -f customise_rootfs
+        declare -f customise_rootfs security_mirror
     } | sha256sum | cut -c1-12
 }
 
