@@ -12,12 +12,15 @@
 #                          it): the summary says the kernel, firewall and reboots went untested
 #   CLARITY_WHEELHOUSE     reuse wheels already built into this directory (built once here otherwise)
 #   CLARITY_MOLECULE_CACHE where the debootstrapped rootfs is cached (/var/cache/clarity-molecule)
-#   MOLECULE_JOBS          scenarios run at once (2); `vm` counts as one, beside the others
+#   MOLECULE_JOBS          role scenarios run at once (2), beside `vm`
 #   CLARITY_VM_CACHE       where the VM image is cached ($CLARITY_MOLECULE_CACHE/vm)
 #   CLARITY_VM_TIMEOUT     seconds the vm scenario may take (3600)
 #   CLARITY_VM_LYNIS=1     also audit the VMs with lynis (hardening index; slow under TCG,
 #                          so CI leaves it out: docs/deploy.md "lynis")
 #   MOLECULE_LOG_DIR       one log per scenario/step ($CLARITY_MOLECULE_CACHE/logs)
+#   CLARITY_VM_EARLY_PID   the pid of a `.ci/molecule.sh vm` already running into the same
+#                          MOLECULE_LOG_DIR (.ci/test-all.sh starts it first, beside pytest):
+#                          this run does not start `vm` but waits for that one's result
 #
 # Needs root (debootstrap, podman). Installs what it needs: Debian packages podman,
 # debootstrap, runc, systemd, python3-pip (and for `vm`: qemu-system-x86, qemu-utils, vde2,
@@ -230,12 +233,23 @@ export CLARITY_ANSIBLE_DIR="$ROOT/ansible"
 export ANSIBLE_VAULT_PASSWORD_FILE="$ROOT/ansible/inventories/molecule/vault-password"
 LOGS="${MOLECULE_LOG_DIR:-$CACHE/logs}"
 mkdir -p "$LOGS"
-rm -f "$LOGS"/*.log "$LOGS"/*.result
+early_vm="${CLARITY_VM_EARLY_PID:-}"
+if [[ -n "$early_vm" ]]; then
+    # The early vm run's log and result are this run's too.
+    find "$LOGS" -maxdepth 1 \( -name '*.log' -o -name '*.result' \) ! -name 'vm.*' -delete
+else
+    rm -f "$LOGS"/*.log "$LOGS"/*.result
+fi
 
 scenarios=("$@")
 ((${#scenarios[@]})) || scenarios=("${ROLE_SCENARIOS[@]}" fleet ha vm)
 want() { [[ " ${scenarios[*]} " == *" $1 "* ]]; }
-if [[ -n "${CLARITY_SKIP_VM:-}" ]] && want vm; then
+if [[ -n "$early_vm" ]] && want vm; then
+    # Already under way (started by .ci/test-all.sh); its result is read at the end.
+    kept=()
+    for scenario in "${scenarios[@]}"; do [[ "$scenario" == vm ]] || kept+=("$scenario"); done
+    scenarios=("${kept[@]}")
+elif [[ -n "${CLARITY_SKIP_VM:-}" ]] && want vm; then
     kept=()
     for scenario in "${scenarios[@]}"; do [[ "$scenario" == vm ]] || kept+=("$scenario"); done
     scenarios=("${kept[@]}")
@@ -259,8 +273,10 @@ fi
 timed "wheelhouse" build_wheelhouse
 
 # The VM scenario first, in the background: the longest, and CPU-bound (TCG). Role
-# scenarios take the other slot (two at a time once it is done: containers are named per
-# scenario); the fleet runs after them, beside `vm` if it is still going.
+# scenarios run two at a time beside it (containers are named per scenario), then `fleet`
+# and `ha`, beside `vm` if it is still going. Every part of this is CPU-bound on a 2-core
+# machine: the order only decides that no core idles at the end (the fleet's and ha's
+# verifiers wait on services and clocks; the VMs fill those gaps).
 vm_pid=
 if want vm; then
     if [[ -n "${failed_vm_image:-}" ]]; then
@@ -275,12 +291,15 @@ if want vm; then
     fi
 fi
 
+running_roles() {  # how many role scenarios are running (background jobs but `vm`)
+    jobs -rp | grep -cvx "${vm_pid:-none}" || true
+}
 pids=()
 names=()
 jobs_max="${MOLECULE_JOBS:-2}"
 for scenario in "${scenarios[@]}"; do
     [[ "$scenario" == fleet || "$scenario" == ha || "$scenario" == vm ]] && continue
-    while (( $(jobs -rp | wc -l) >= jobs_max )); do sleep 2; done
+    while (( $(running_roles) >= jobs_max )); do sleep 2; done
     log "molecule test: $scenario"
     ( start=$(date +%s); rc=0
       role_scenario "$scenario" > "$LOGS/$scenario.log" 2>&1 || rc=$?
@@ -322,8 +341,22 @@ if [[ -n "$ha_pid" ]]; then
         cat "$LOGS/ha.out" >&2
     fi
 fi
+if [[ -n "$early_vm" ]]; then
+    log "waiting for the vm scenario started first (pid $early_vm)"
+    # Its result file is written as it ends; a run that died before (say, its image could
+    # not be built) leaves none, and its output says why.
+    while [[ ! -s "$LOGS/vm.result" && "$(ps -o stat= -p "$early_vm" 2>/dev/null)" =~ ^[^Z] ]]; do
+        sleep 10
+    done
+    if [[ ! -s "$LOGS/vm.result" ]]; then
+        echo "scenario vm failed before it ran; its output ($LOGS/vm-early.out):" >&2
+        tail -n 40 "$LOGS/vm-early.out" >&2 || true
+        echo "0 1" > "$LOGS/vm.result"
+    fi
+    vm_pid=early
+fi
 if [[ -n "$vm_pid" ]]; then
-    wait "$vm_pid" || true
+    [[ "$vm_pid" == early ]] || wait "$vm_pid" || true
     read -r secs rc < "$LOGS/vm.result"
     timings+=("$(printf '%-28s %4ss  rc=%s' "molecule test vm" "$secs" "$rc")")
     if ((rc)); then
