@@ -374,4 +374,4 @@ if ((${#failed[@]})); then
     echo "FAILED: ${failed[*]}" >&2
     exit 1
 fi
-echo "all Molecule scenarios passed: ${scenarios[*]}"
+echo "all Molecule scenarios passed: ${scenarios[*]}${early_vm:+ vm}"
