@@ -7,6 +7,7 @@
 #
 # Usage: .ci/molecule.sh [SCENARIO ...]      (default: every role's `default`, `fleet`, `ha`, `vm`)
 #        .ci/molecule.sh --lint-only         yamllint and ansible-lint only
+#        .ci/molecule.sh --tools-only        install the tools below, nothing else
 #   MOLECULE_SKIP_LINT=1   skip the lint step
 #   CLARITY_SKIP_VM=1      leave out the `vm` scenario (local runs only; .ci/run never skips
 #                          it): the summary says the kernel, firewall and reboots went untested
@@ -221,6 +222,11 @@ if [[ "${1:-}" == "--lint-only" ]]; then
     exit
 fi
 
+if [[ "${1:-}" == "--tools-only" ]]; then
+    install_host_tools
+    exit
+fi
+
 if [[ "${1:-}" == "--image-only" ]]; then
     podman_conf
     build_image
@@ -244,16 +250,14 @@ fi
 scenarios=("$@")
 ((${#scenarios[@]})) || scenarios=("${ROLE_SCENARIOS[@]}" fleet ha vm)
 want() { [[ " ${scenarios[*]} " == *" $1 "* ]]; }
-if [[ -n "$early_vm" ]] && want vm; then
-    # Already under way (started by .ci/test-all.sh); its result is read at the end.
+# `vm` is left out when skipped, or when already under way (started by .ci/test-all.sh:
+# its result is read at the end).
+if want vm && [[ -n "$early_vm" || -n "${CLARITY_SKIP_VM:-}" ]]; then
     kept=()
     for scenario in "${scenarios[@]}"; do [[ "$scenario" == vm ]] || kept+=("$scenario"); done
     scenarios=("${kept[@]}")
-elif [[ -n "${CLARITY_SKIP_VM:-}" ]] && want vm; then
-    kept=()
-    for scenario in "${scenarios[@]}"; do [[ "$scenario" == vm ]] || kept+=("$scenario"); done
-    scenarios=("${kept[@]}")
-    timings+=("vm: SKIPPED (CLARITY_SKIP_VM): kernel settings, firewall, reboots NOT tested")
+    [[ -n "$early_vm" ]] \
+        || timings+=("vm: SKIPPED (CLARITY_SKIP_VM): kernel settings, firewall, reboots NOT tested")
 fi
 
 if want vm; then
@@ -353,10 +357,10 @@ if [[ -n "$early_vm" ]]; then
         tail -n 40 "$LOGS/vm-early.out" >&2 || true
         echo "0 1" > "$LOGS/vm.result"
     fi
-    vm_pid=early
+elif [[ -n "$vm_pid" ]]; then
+    wait "$vm_pid" || true
 fi
-if [[ -n "$vm_pid" ]]; then
-    [[ "$vm_pid" == early ]] || wait "$vm_pid" || true
+if [[ -n "$early_vm$vm_pid" ]]; then
     read -r secs rc < "$LOGS/vm.result"
     timings+=("$(printf '%-28s %4ss  rc=%s' "molecule test vm" "$secs" "$rc")")
     if ((rc)); then

@@ -40,7 +40,7 @@ vm_early_start() {
     mkdir -p "$MOLECULE_LOG_DIR"
     # Ansible and Molecule go into the venv now, before pytest imports from it, never
     # beside it (a shared dependency changing under a running test would break it).
-    "$VENV/bin/pip" install -q -r ansible/requirements-ci.txt 2>&1 | grep -v "is ignored: it is neither" || true
+    bash .ci/molecule.sh --tools-only
     printf '\n=== %s  the vm scenario starts at nice 19 beside the other parts (%s/vm-early.out)\n' \
         "$(date +%T)" "$MOLECULE_LOG_DIR"
     MOLECULE_SKIP_LINT=1 setsid nice -n 19 bash .ci/molecule.sh vm \

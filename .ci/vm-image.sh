@@ -31,26 +31,22 @@ unattended-upgrades auditd needrestart sysstat debsums apt-show-versions libpam-
 
 log() { printf '=== %s  %s\n' "$(date +%T)" "$*" >&2; }
 
-debian_mirror() {  # the mirror apt already uses on this machine (deb822 or one-line format)
+apt_source_uris() {  # every URI of this machine's apt sources (deb822 first, then one-line format)
+    grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' || true
+    grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+        | awk '{print $2}' || true
+}
+
+debian_mirror() {  # the mirror apt already uses on this machine
     local m
-    m=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
-        | awk '{print $2}' | grep -v security | head -n1 || true)
-    if [[ -z "$m" ]]; then
-        m=$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-            | grep -v security | awk '{print $2}' | head -n1 || true)
-    fi
+    m=$(apt_source_uris | grep -v security | head -n1 || true)
     [[ -n "$m" ]] || { echo "no Debian mirror found in /etc/apt" >&2; return 1; }
     echo "$m"
 }
 
 security_mirror() {  # security_mirror MIRROR: this machine's security source, else MIRROR-security
     local m
-    m=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
-        | awk '{print $2}' | grep security | head -n1 || true)
-    if [[ -z "$m" ]]; then
-        m=$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-            | awk '{print $2}' | grep security | head -n1 || true)
-    fi
+    m=$(apt_source_uris | grep security | head -n1 || true)
     echo "${m:-${1%/}-security}"
 }
 
@@ -105,7 +101,7 @@ EOF
 image_key() {
     {
         printf '%s\n%s\n' "$VM_PACKAGES" "$ROLE_PACKAGES"
-        declare -f customise_rootfs security_mirror
+        declare -f customise_rootfs security_mirror apt_source_uris
     } | sha256sum | cut -c1-12
 }
 

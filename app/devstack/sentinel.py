@@ -112,11 +112,8 @@ class SentinelGroup:
             views = {}
             for port in self.sentinel_ports:
                 try:
-                    # flags: "slave" as sent, or a set where redis-py parses it.
-                    views[port] = [
-                        (",".join(sorted(r["flags"])) if isinstance(r["flags"], set) else r["flags"],
-                         r.get("master-link-status"))
-                        for r in self.sentinel_client(port).sentinel_slaves(self.master)]
+                    views[port] = [(r["flags"], r.get("master-link-status"))
+                                   for r in self.sentinel_client(port).sentinel_slaves(self.master)]
                 except redis.RedisError as exc:
                     views[port] = repr(exc)
             if all(view == [("slave", "ok")] * (len(self.nodes) - 1) for view in views.values()):
